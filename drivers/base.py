@@ -1,0 +1,190 @@
+"""The drivers' contract: small interfaces, declared capabilities, one error tree.
+
+The core talks to infrastructure only through these interfaces, in the
+spirit of Ironic's ``drivers/base.py``: one interface per capability
+(compute, power, network, runner), each small, each driver saying what it
+can do. The core never imports a protocol library; drivers import theirs.
+
+Every operation is level-triggered: it reads the real state first, does
+nothing when the state already holds, and returns an ``Outcome`` saying what
+it found and whether it changed anything.
+
+Errors crossing this boundary, and nothing else::
+
+    DriverError
+    ├── TemporaryError   retry later (``delay`` seconds): a dropped
+    │                    connection, a busy host, a held lock
+    ├── PermanentError   retrying will not help: bad spec, missing image
+    └── Unsupported      the driver lacks an optional capability
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class DriverError(Exception):
+    """Raised by drivers for any failure of the infrastructure they adapt."""
+
+
+class TemporaryError(DriverError):
+    def __init__(self, message: str, delay: float = 30.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(DriverError):
+    pass
+
+
+class Unsupported(DriverError):
+    pass
+
+
+class Capability(StrEnum):
+    CREATE = "create"
+    SUSPEND_PAUSE = "suspend:pause"
+    SUSPEND_SHUTDOWN = "suspend:shutdown"
+    SUSPEND_CUT_NETWORK = "suspend:cut_network"
+    SUSPEND_POWER_OFF = "suspend:power_off"
+    SUSPEND_PORT_DOWN = "suspend:port_down"
+    ARCHIVE = "archive"
+    RESTORE = "restore"
+    PURGE = "purge"
+    SNAPSHOT = "snapshot"
+    RESIZE = "resize"
+    BIND_ADDRESSES = "bind_addresses"
+
+
+class Power(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    OFF = "off"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class ServiceRef:
+    """Which machine a step is about, in the words of the inventory."""
+
+    service_id: str
+    host: str
+
+    @property
+    def name(self) -> str:
+        return f"svc-{self.service_id}"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    vcpus: int = 1
+    memory_mib: int = 512
+    disk_gib: int = 1
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a driver saw of one service's machine and data."""
+
+    power: Power
+    network_cut: bool = False
+    archived: bool = False
+    data_present: bool = False
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    changed: bool
+    observed: Observed
+    detail: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class ComputeDriver(ABC):
+    """A hypervisor (or a dedicated box's power) seen as machines with data."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    def require(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise Unsupported(f"{type(self).__name__} cannot {capability}")
+
+    @abstractmethod
+    def inspect(self, ref: ServiceRef) -> Observed: ...
+
+    @abstractmethod
+    def create(self, ref: ServiceRef, spec: MachineSpec) -> Outcome: ...
+
+    @abstractmethod
+    def suspend(self, ref: ServiceRef, method: str) -> Outcome: ...
+
+    @abstractmethod
+    def resume(self, ref: ServiceRef) -> Outcome: ...
+
+    @abstractmethod
+    def archive(self, ref: ServiceRef) -> Outcome:
+        """Terminate: the machine goes, its data is kept for the retention window."""
+
+    @abstractmethod
+    def restore(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        """Bring a terminated machine back from its kept data."""
+
+    @abstractmethod
+    def purge(self, ref: ServiceRef) -> Outcome:
+        """Destroy every copy of the data; the outcome carries the evidence."""
+
+    def bind_addresses(self, ref: ServiceRef, addresses: tuple[str, ...]) -> Outcome:
+        raise Unsupported(f"{type(self).__name__} cannot bind addresses")
+
+
+class PowerDriver(ABC):
+    """Out-of-band power of a dedicated box (IPMI)."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    @abstractmethod
+    def power_state(self, host: str) -> Power: ...
+
+    @abstractmethod
+    def set_power(self, host: str, power: Power) -> Outcome: ...
+
+
+class NetworkDriver(ABC):
+    """Switch ports and routes that make an address reach a customer."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    @abstractmethod
+    def set_port(self, host: str, port: str, up: bool) -> Outcome: ...
+
+
+class RunnerDriver(ABC):
+    """Runs commands or playbooks on hosts (SSH, Ansible)."""
+
+    @abstractmethod
+    def run(self, host: str, task: str, variables: dict[str, Any]) -> Outcome: ...
+
+
+# Drivers are registered here by name, loaded only when asked for, so the
+# core and the tests of the pure core never import a protocol library.
+COMPUTE_DRIVERS: dict[str, str] = {
+    "libvirt": "drivers.libvirt_compute:LibvirtCompute",
+}
+
+
+def load_compute(name: str, **options: Any) -> ComputeDriver:
+    try:
+        target = COMPUTE_DRIVERS[name]
+    except KeyError:
+        known = ", ".join(sorted(COMPUTE_DRIVERS))
+        raise PermanentError(f"no compute driver named {name!r} (known: {known})") from None
+    module_name, class_name = target.split(":")
+    driver_class = getattr(importlib.import_module(module_name), class_name)
+    driver: ComputeDriver = driver_class(**options)
+    return driver

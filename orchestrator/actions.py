@@ -1,0 +1,159 @@
+"""What each journaled action does, through the drivers and the IP store.
+
+One small function per action; each returns the record the journal keeps
+(what the driver found, what changed, the evidence of a purge). The
+drivers check the real state first, so running an action twice is safe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from drivers.base import (
+    Capability,
+    ComputeDriver,
+    MachineSpec,
+    Outcome,
+    PermanentError,
+    ServiceRef,
+)
+from orchestrator import ipam
+from orchestrator.facts import Facts
+from orchestrator.lifecycle import quarantine_end
+from orchestrator.policy import Policy, ProductKind
+from orchestrator.reconcile import Action
+from orchestrator.store.models import StepRow
+
+# Until the IPMI and switch drivers exist, a host may stand in for dedicated
+# boxes and colocation with a hypervisor; their methods map to its nearest.
+STAND_IN_METHODS = {"power_off": "shutdown", "port_down": "cut_network"}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything an action needs besides the step itself."""
+
+    sessions: sessionmaker[Session]
+    driver: ComputeDriver
+    pool: str
+    facts: Facts
+    policy: Policy
+    now: datetime
+
+
+Handler = Callable[[Context, StepRow, ServiceRef], dict[str, Any]]
+
+
+def perform(context: Context, step: StepRow) -> dict[str, Any]:
+    ref = ServiceRef(step.service_id, step.host)
+    return HANDLERS[Action(step.kind)](context, step, ref)
+
+
+def _spec(context: Context, addresses: tuple[str, ...] = ()) -> MachineSpec:
+    spec = context.facts.spec
+    return MachineSpec(
+        spec.get("vcpus", 1), spec.get("memory_mib", 512), spec.get("disk_gib", 1), addresses
+    )
+
+
+def _record(outcome: Outcome) -> dict[str, Any]:
+    observed = asdict(outcome.observed)
+    return {
+        "changed": outcome.changed,
+        "observed": observed,
+        "detail": outcome.detail,
+        **outcome.evidence,
+    }
+
+
+def _create(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return _record(context.driver.create(ref, _spec(context)))
+
+
+def _restore(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return _record(context.driver.restore(ref, _spec(context)))
+
+
+def _resume(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return _record(context.driver.resume(ref))
+
+
+def _suspend(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    method = json.loads(step.params).get("method") or "shutdown"
+    if Capability(f"suspend:{method}") not in context.driver.capabilities:
+        method = STAND_IN_METHODS.get(method, method)
+    return _record(context.driver.suspend(ref, method))
+
+
+def _terminate(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return _record(context.driver.archive(ref))
+
+
+def _purge(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    record = _record(context.driver.purge(ref))
+    if record.get("verified_absent") is not True:
+        raise PermanentError(f"purge of {ref.name} could not be verified: {record}")
+    return record
+
+
+def _assign_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    with context.sessions.begin() as session:
+        held = ipam.held_by(session, ref.service_id)
+        address = (
+            held[0] if held else ipam.assign(session, context.pool, ref.service_id, context.now)
+        )
+    bound = _bind(context, ref, (address,))
+    return {"changed": not held, "addresses": [address], "bound_on_wire": bound}
+
+
+def _reclaim_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    product = context.policy.product(ProductKind(context.facts.product))
+    until = quarantine_end(product, context.now, context.policy)
+    with context.sessions.begin() as session:
+        released = ipam.reclaim(session, ref.service_id, until, context.now)
+    bound = _bind(context, ref, ())
+    return {
+        "changed": bool(released),
+        "addresses": list(released),
+        "quarantine_until": until.isoformat(),
+        "bound_on_wire": bound,
+    }
+
+
+def _bind(context: Context, ref: ServiceRef, addresses: tuple[str, ...]) -> bool:
+    """Bind on the wire where the driver can; the store stays the truth either way."""
+    if Capability.BIND_ADDRESSES not in context.driver.capabilities:
+        return False
+    if context.driver.inspect(ref).power.value == "absent":
+        return False
+    context.driver.bind_addresses(ref, addresses)
+    return True
+
+
+def _notice(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    params = json.loads(step.params)
+    return {"changed": True, "detail": f"notice due: {params.get('why', '')}"}
+
+
+def _hand_over(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return {"changed": True, "detail": "hardware listed for an operator; nothing wiped"}
+
+
+HANDLERS: dict[Action, Handler] = {
+    Action.CREATE: _create,
+    Action.RESTORE: _restore,
+    Action.ASSIGN_IPS: _assign_ips,
+    Action.RESUME: _resume,
+    Action.NOTICE: _notice,
+    Action.SUSPEND: _suspend,
+    Action.RECLAIM_IPS: _reclaim_ips,
+    Action.TERMINATE: _terminate,
+    Action.HAND_OVER: _hand_over,
+    Action.PURGE: _purge,
+}

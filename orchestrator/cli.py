@@ -1,0 +1,510 @@
+"""The operator's command line: ``orchestrator --help``.
+
+This is the outermost layer: the only place that reads the wall clock
+(when ``--at`` is not given), the environment and files, and prints. Every
+read command takes ``--json``. A bare ``--at`` date means the end of that
+day on the operator's clock (``ORCHESTRATOR_TZ``, WIB by default), so that
+"what happens on 6 December" includes everything dated that day.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import audit
+from orchestrator.engine import Orchestrator
+from orchestrator.events import Event, EventError, parse_events
+from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.lifecycle import Verdict
+from orchestrator.policy import load_policies, load_policy, policy_schema
+from orchestrator.store.db import database_url, migrate, open_engine
+from orchestrator.store.models import ServiceRow, StepRow
+from orchestrator.yamlerrors import PolicyError
+
+REPO = Path(__file__).resolve().parents[1]
+app = typer.Typer(no_args_is_help=True, help="Applies billing state to hosting infrastructure.")
+policy_app = typer.Typer(no_args_is_help=True, help="Check and describe policy files.")
+services_app = typer.Typer(no_args_is_help=True, help="The services the orchestrator knows.")
+hold_app = typer.Typer(no_args_is_help=True, help="Place and release holds.")
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail.")
+breaker_app = typer.Typer(no_args_is_help=True, help="The blast-radius breaker.")
+for sub, name in [
+    (policy_app, "policy"),
+    (services_app, "services"),
+    (hold_app, "hold"),
+    (audit_app, "audit"),
+    (breaker_app, "breaker"),
+]:
+    app.add_typer(sub, name=name)
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON")]
+AtOption = Annotated[str | None, typer.Option("--at", help="a date or ISO time; default now")]
+
+
+@dataclass
+class Config:
+    db: str
+    policies: Path
+    inventory: Path
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    db: Annotated[str | None, typer.Option(help="store URL (env ORCHESTRATOR_DB)")] = None,
+    policies: Annotated[Path | None, typer.Option(help="policy directory")] = None,
+    inventory: Annotated[Path | None, typer.Option(help="inventory file")] = None,
+) -> None:
+    ctx.obj = Config(
+        database_url(db),
+        policies or Path(os.environ.get("ORCHESTRATOR_POLICIES", REPO / "inventory" / "policies")),
+        inventory
+        or Path(os.environ.get("ORCHESTRATOR_INVENTORY", REPO / "inventory" / "lab.yaml")),
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _orchestrator(ctx: typer.Context, migrate_store: bool = False) -> Orchestrator:
+    config: Config = ctx.obj
+    try:
+        policies = load_policies(config.policies)
+        inventory: Inventory = load_inventory(config.inventory)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    engine = open_engine(config.db)
+    if migrate_store:
+        migrate(engine)
+    return Orchestrator(engine, policies, inventory)
+
+
+def operator_zone() -> ZoneInfo:
+    return ZoneInfo(os.environ.get("ORCHESTRATOR_TZ", "Asia/Jakarta"))
+
+
+def parse_at(text: str | None) -> datetime:
+    """Now, an ISO time, or the end of a named day on the operator's clock."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day, time(23, 59, 59), tzinfo=operator_zone())
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"--at {text!r} is neither a date (2026-12-06) nor an ISO time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=operator_zone())
+
+
+def _emit(data: Any, as_json: bool, render: Any = None) -> None:
+    if as_json or render is None:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        render(data)
+
+
+# -- set-up ------------------------------------------------------------------
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create or upgrade the store and load the inventory's IP pools."""
+    orchestrator = _orchestrator(ctx, migrate_store=True)
+    added = orchestrator.seed_pools()
+    out.print(
+        f"store ready at {ctx.obj.db}; {added} new addresses in "
+        f"{len(orchestrator.inventory.pools)} pools; {len(orchestrator.policies)} policies"
+    )
+
+
+@policy_app.command("check")
+def policy_check(files: list[Path]) -> None:
+    """Validate policy files; names file, field and line of every error."""
+    failed = False
+    for path in files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            failed = True
+            err.print(str(exc), highlight=False, markup=False)
+            continue
+        out.print(f"{path}: ok ({policy.name}: {', '.join(policy.products)})", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("schema")
+def policy_schema_command() -> None:
+    """The JSON Schema of policy files, for editors."""
+    _emit(policy_schema(), True)
+
+
+# -- facts -------------------------------------------------------------------
+
+
+@app.command()
+def event(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="a JSON file of events, or - for stdin")] = "-",
+    at: AtOption = None,
+) -> None:
+    """Take in billing events (one object, an array, or one per line); replays are ignored."""
+    raw = sys.stdin.read() if source == "-" else _read(Path(source))
+    try:
+        events = parse_events(raw)
+        report = _orchestrator(ctx).ingest(events, parse_at(at), actor="cli")
+    except EventError as exc:
+        raise _fail(f"nothing was stored: {exc}") from None
+    out.print(f"{len(report.accepted)} accepted, {len(report.duplicates)} already known")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+# -- reading -----------------------------------------------------------------
+
+
+@app.command()
+def plan(ctx: typer.Context, at: AtOption = None, as_json: JsonFlag = False) -> None:
+    """What would happen at a moment, to whom, and why."""
+    moment = parse_at(at)
+    rows = [
+        {
+            "service": p.service_id,
+            "policy": p.policy,
+            "product": p.product,
+            "phase": p.phase.value,
+            "applied": p.applied_phase,
+            "steps": [
+                {
+                    "action": s.action.value,
+                    "destructive": s.destructive,
+                    "automatic": s.automatic,
+                    "why": s.why,
+                }
+                for s in p.steps
+            ],
+        }
+        for p in _orchestrator(ctx).plan(moment)
+    ]
+    _emit({"at": moment.isoformat(), "services": rows}, as_json, _plan_table)
+
+
+def _plan_table(data: dict[str, Any]) -> None:
+    table = Table(title=f"plan at {data['at']}")
+    for column in ("service", "policy", "phase", "steps", "why"):
+        table.add_column(column)
+    for row in data["services"]:
+        steps = ", ".join(s["action"] for s in row["steps"])
+        whys = "; ".join(dict.fromkeys(s["why"] for s in row["steps"]))
+        table.add_row(row["service"], row["policy"], row["phase"], steps, whys)
+    out.print(table)
+
+
+@app.command()
+def explain(
+    ctx: typer.Context, service: str, at: AtOption = None, as_json: JsonFlag = False
+) -> None:
+    """A service's phase, reasons and dated timeline, with the clause behind each step."""
+    orchestrator = _orchestrator(ctx)
+    try:
+        facts = orchestrator.facts(service)
+    except KeyError:
+        raise _fail(f"unknown service {service!r}") from None
+    moment = parse_at(at)
+    data = verdict_json(service, orchestrator.verdict(facts, moment), facts.policy)
+    _emit(data, as_json, _explain_render)
+
+
+def verdict_json(service: str, verdict: Verdict, policy: str) -> dict[str, Any]:
+    return {
+        "service": service,
+        "policy": policy,
+        "at": verdict.at.isoformat(),
+        "phase": verdict.phase.value,
+        "good_standing": verdict.good_standing,
+        "next_transition": verdict.next_at.isoformat() if verdict.next_at else None,
+        "reasons": [
+            {
+                "owner": r.owner.value,
+                "detail": r.detail,
+                "since": r.since.isoformat(),
+                "until": r.until.isoformat() if r.until else None,
+            }
+            for r in verdict.reasons
+        ],
+        "undo": list(verdict.undo),
+        "timeline": [
+            {
+                "at": e.at.isoformat(),
+                "day": e.at.date().isoformat(),
+                "step": e.step.value,
+                "phase": e.phase.value,
+                "method": e.method,
+                "clause": e.clause,
+                "reached": e.blocked_by is None and e.at <= verdict.at,
+                "blocked_by": e.blocked_by,
+                "if_paid_after": list(e.if_paid),
+                "note": e.note,
+            }
+            for e in verdict.timeline
+        ],
+    }
+
+
+def _explain_render(data: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{data['service']}[/bold] ({data['policy']}) at {data['at']}: "
+        f"[bold]{data['phase']}[/bold]; next change {data['next_transition'] or 'none'}"
+    )
+    for reason in data["reasons"]:
+        out.print(f"  reason [{reason['owner']}] {reason['detail']}", highlight=False)
+    if data["undo"]:
+        out.print(f"  paid: undo {'; '.join(data['undo'])}", highlight=False)
+    table = Table()
+    for column in ("day", "step", "phase", "clause", "if paid after"):
+        table.add_column(column)
+    for e in data["timeline"]:
+        mark = (
+            ""
+            if e["reached"]
+            else " (ahead)"
+            if not e["blocked_by"]
+            else f" (held: {e['blocked_by']})"
+        )
+        table.add_row(
+            e["day"] + mark, e["step"], e["phase"], e["clause"], "; ".join(e["if_paid_after"])
+        )
+    out.print(table)
+
+
+@services_app.command("list")
+def services_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Every service with its phase and next transition."""
+    orchestrator = _orchestrator(ctx)
+    with orchestrator.sessions() as session:
+        rows = [
+            {
+                "service": r.id,
+                "customer": r.customer,
+                "policy": r.policy,
+                "product": r.product,
+                "host": r.host,
+                "phase": r.phase,
+                "applied": r.applied_phase,
+                "next_at": r.next_at.isoformat() if r.next_at else None,
+            }
+            for r in session.query(ServiceRow).order_by(ServiceRow.id)
+        ]
+    _emit(rows, as_json, _services_table)
+
+
+def _services_table(rows: list[dict[str, Any]]) -> None:
+    table = Table()
+    for column in ("service", "customer", "policy", "product", "phase", "applied", "next_at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[c] or "")
+                for c in ("service", "customer", "policy", "product", "phase", "applied", "next_at")
+            )
+        )
+    out.print(table)
+
+
+# -- acting ------------------------------------------------------------------
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    at: AtOption = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="also run destructive steps the policy does not make automatic"),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the steps that are due: reconcile against real state, journal, execute."""
+    report = _orchestrator(ctx).apply(parse_at(at), yes=yes, actor="cli")
+    data = {
+        "planned": report.planned,
+        "skipped": report.skipped,
+        "steps": [asdict(step) for step in report.steps],
+    }
+    _emit(data, as_json, _apply_render)
+    if any(step.state == "failed" for step in report.steps):
+        raise typer.Exit(1)
+
+
+def _apply_render(data: dict[str, Any]) -> None:
+    table = Table(title=f"{data['planned']} steps journaled")
+    for column in ("step", "service", "action", "state", "detail"):
+        table.add_column(column)
+    for step in data["steps"]:
+        table.add_row(
+            str(step["step_id"]), step["service_id"], step["kind"], step["state"], step["detail"]
+        )
+    out.print(table)
+    for line in data["skipped"]:
+        err.print(f"skipped: {line}", highlight=False, markup=False)
+
+
+@hold_app.command("add")
+def hold_add(
+    ctx: typer.Context,
+    service: str,
+    kind: str,
+    until: Annotated[str | None, typer.Option(help="when the hold ends")] = None,
+    reason: Annotated[str, typer.Option(help="why, for the audit trail")] = "",
+    at: AtOption = None,
+) -> None:
+    """Place a hold of a kind the service's policy names (legal, dispute, ...)."""
+    hold_id = f"hold-{uuid.uuid4().hex[:10]}"
+    data: dict[str, Any] = {"type": "hold.placed", "hold": hold_id, "kind": kind, "reason": reason}
+    if until:
+        data["until"] = parse_at(until).isoformat()
+    _operator_event(ctx, service, data, at)
+    out.print(f"placed {kind} hold {hold_id} on {service}")
+
+
+@hold_app.command("remove")
+def hold_remove(ctx: typer.Context, service: str, hold_id: str, at: AtOption = None) -> None:
+    """Release a hold by its id (see ``explain``)."""
+    _operator_event(ctx, service, {"type": "hold.released", "hold": hold_id}, at)
+    out.print(f"released hold {hold_id} on {service}")
+
+
+def _operator_event(ctx: typer.Context, service: str, data: dict[str, Any], at: str | None) -> None:
+    moment = parse_at(at)
+    raw = {
+        "id": f"op-{uuid.uuid4().hex}",
+        "service": service,
+        "at": moment.isoformat(),
+        "data": data,
+    }
+    try:
+        events: list[Event] = parse_events(json.dumps(raw))
+        _orchestrator(ctx).ingest(
+            events, moment, actor=f"operator:{os.environ.get('USER', 'unknown')}"
+        )
+    except EventError as exc:
+        raise _fail(str(exc)) from None
+
+
+@audit_app.command("verify")
+def audit_verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Check the audit trail's hash chain; exits 1 if anything was changed or removed."""
+    with _orchestrator(ctx).sessions() as session:
+        result = audit.verify(session)
+    _emit(
+        {"entries": result.entries, "ok": result.ok, "problems": list(result.problems)},
+        as_json,
+        lambda d: out.print(
+            f"{d['entries']} entries: " + ("intact" if d["ok"] else "; ".join(d["problems"]))
+        ),
+    )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@breaker_app.command("status")
+def breaker_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    with _orchestrator(ctx).sessions() as session:
+        status = _orchestrator(ctx).breaker.status(session)
+    _emit(
+        {"open": status is not None, "detail": status},
+        as_json,
+        lambda d: out.print(d["detail"] or "closed"),
+    )
+
+
+@breaker_app.command("reset")
+def breaker_reset(ctx: typer.Context, at: AtOption = None) -> None:
+    orchestrator = _orchestrator(ctx)
+    with orchestrator.sessions.begin() as session:
+        was_open = orchestrator.breaker.reset(
+            session, f"operator:{os.environ.get('USER', 'unknown')}", parse_at(at)
+        )
+    out.print("breaker reset" if was_open else "breaker was closed")
+
+
+@app.command()
+def steps(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The journal: every step with its state and outcome."""
+    with _orchestrator(ctx).sessions() as session:
+        query = session.query(StepRow).order_by(StepRow.id)
+        if service:
+            query = query.filter(StepRow.service_id == service)
+        rows = [
+            {
+                "id": r.id,
+                "service": r.service_id,
+                "kind": r.kind,
+                "state": r.state,
+                "created_at": r.created_at,
+                "finished_at": r.finished_at,
+                "error": r.error,
+            }
+            for r in query
+        ]
+    _emit(rows, as_json, _steps_table)
+
+
+def _steps_table(rows: list[dict[str, Any]]) -> None:
+    table = Table()
+    for column in ("id", "service", "kind", "state", "created_at", "error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(str(row[c] or "") for c in ("id", "service", "kind", "state", "created_at", "error"))
+        )
+    out.print(table)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its store")] = Path(
+        "demo-run"
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """Live through two months of a few customers of each of the five policies."""
+    from orchestrator.demo import run_demo
+
+    code = run_demo(workdir, ctx.obj.policies, as_json=as_json)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "parse_at"]

@@ -1,0 +1,220 @@
+"""The demo: two months of a few customers of each of the five policies.
+
+For every policy and product it sells, three customers: one who pays on
+time, one who pays late (after the suspension), and one who never pays.
+A simulated clock ticks through December 2026 and January 2027; billing
+events arrive on their days, and ``apply`` runs the due steps on libvirt's
+test hypervisor. The history printed at the end is read back from the
+journal, and each never-paying customer's suspend, reclaim, terminate and
+purge days are checked against the policy's own timeline: the demo exits
+non-zero if any differs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from orchestrator.engine import Orchestrator
+from orchestrator.events import parse_events
+from orchestrator.inventory import load_inventory
+from orchestrator.lifecycle import lifecycle
+from orchestrator.policy import Anchor, Policy, ProductKind, StepKind, load_policies
+from orchestrator.store.db import migrate, open_engine
+from orchestrator.store.models import StepRow
+
+START, END = date(2026, 11, 25), date(2027, 1, 31)
+DUE = date(2026, 12, 1)
+WIB = ZoneInfo("Asia/Jakarta")
+CHECKED = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
+HOSTS = {
+    ProductKind.KVM_VPS: "kvm-jkt-1",
+    ProductKind.PROXMOX_VPS: "kvm-jkt-2",
+    ProductKind.DEDICATED: "metal-jkt-1",
+    ProductKind.COLOCATION: "metal-jkt-1",
+}
+console = Console(width=160)
+
+
+@dataclass(frozen=True)
+class Customer:
+    service: str
+    policy: Policy
+    product: ProductKind
+    story: str  # "on_time", "late", "never"
+
+
+def run_demo(workdir: Path, policies_dir: Path, as_json: bool = False) -> int:
+    policies = load_policies(policies_dir)
+    orchestrator = _fresh_orchestrator(workdir, policies)
+    customers = _customers(policies)
+    zone = next(iter(policies.values())).zone
+    events = _scenario(customers)
+    console.print(
+        f"demo: {len(customers)} services of {len(policies)} policies on libvirt's "
+        "test hypervisor (test:///default); the real lab arrives with issue 3"
+    )
+    day = START
+    while day <= END:
+        _live_day(orchestrator, events, day, zone)
+        day += timedelta(days=1)
+    history = _history(orchestrator)
+    mismatches = _check(orchestrator, customers, history)
+    _print(history, mismatches, as_json)
+    return 1 if mismatches else 0
+
+
+def _fresh_orchestrator(workdir: Path, policies: dict[str, Policy]) -> Orchestrator:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    engine = open_engine(f"sqlite:///{workdir / 'demo.db'}")
+    migrate(engine)
+    inventory = load_inventory(Path(__file__).resolve().parents[1] / "inventory" / "lab.yaml")
+    orchestrator = Orchestrator(engine, policies, inventory)
+    orchestrator.seed_pools()
+    return orchestrator
+
+
+def _customers(policies: dict[str, Policy]) -> list[Customer]:
+    return [
+        Customer(f"{policy.name}-{product.value}-{story}".replace("_", "-"), policy, product, story)
+        for policy in policies.values()
+        for product in policy.products
+        for story in ("on_time", "late", "never")
+    ]
+
+
+def _scenario(customers: list[Customer]) -> dict[date, list[dict[str, Any]]]:
+    by_day: dict[date, list[dict[str, Any]]] = {}
+    for customer in customers:
+        for day, data in _story(customer):
+            event = {
+                "id": f"{customer.service}-{len(by_day.get(day, []))}-{data['type']}-{day}",
+                "service": customer.service,
+                "data": data,
+                "at": datetime.combine(day, time(10), tzinfo=customer.policy.zone).isoformat(),
+            }
+            by_day.setdefault(day, []).append(event)
+    return by_day
+
+
+def _story(customer: Customer) -> list[tuple[date, dict[str, Any]]]:
+    """Events that start each of the product's ladders on DUE, and the payment if any."""
+    anchors = {ladder.anchor for ladder in customer.policy.products[customer.product].ladders}
+    created: dict[str, Any] = {
+        "type": "service.created",
+        "customer": customer.service,
+        "policy": customer.policy.name,
+        "product": customer.product.value,
+        "host": HOSTS[customer.product],
+    }
+    if Anchor.SUBSCRIPTION_END in anchors:
+        created["subscription_end"] = DUE.isoformat()
+    story: list[tuple[date, dict[str, Any]]] = [(START, created)]
+    story += _anchor_events(anchors, customer.story)
+    return story
+
+
+def _anchor_events(anchors: set[Anchor], story: str) -> list[tuple[date, dict[str, Any]]]:
+    events: list[tuple[date, dict[str, Any]]] = []
+    pay_day = DUE - timedelta(days=2) if story == "on_time" else DUE + timedelta(days=6)
+    if Anchor.OLDEST_UNPAID_DUE in anchors:
+        events.append(
+            (START, {"type": "invoice.issued", "invoice": "inv-dec", "due": DUE.isoformat()})
+        )
+        if story != "never":
+            events.append((pay_day, {"type": "invoice.paid", "invoice": "inv-dec"}))
+    if Anchor.SUBSCRIPTION_END in anchors and story != "never":
+        events.append((pay_day, {"type": "service.renewed", "until": "2027-12-01"}))
+    if Anchor.DEPOSIT_EXHAUSTED in anchors and story != "on_time":
+        events.append((DUE, {"type": "deposit.changed", "balance": "0"}))
+        if story == "late":
+            events.append((pay_day, {"type": "deposit.changed", "balance": "500000"}))
+    if Anchor.ACCOUNT_CLOSURE in anchors and story == "never" and len(anchors) == 1:
+        events.append((DUE, {"type": "service.cancelled"}))
+    return events
+
+
+def _live_day(
+    orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], day: date, zone: Any
+) -> None:
+    orchestrator.apply(datetime.combine(day, time(0, 1), tzinfo=zone), yes=True, actor="demo")
+    todays = events.get(day, [])
+    if todays:
+        moment = datetime.combine(day, time(10), tzinfo=zone)
+        orchestrator.ingest(parse_events(json.dumps(todays)), moment, actor="demo-billing")
+        orchestrator.apply(moment + timedelta(minutes=1), yes=True, actor="demo")
+
+
+def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
+    with orchestrator.sessions() as session:
+        rows = session.scalars(select(StepRow).where(StepRow.state == "done").order_by(StepRow.id))
+        return [
+            {
+                "day": _local_day(row.started_at or row.created_at),
+                "service": row.service_id,
+                "action": row.kind,
+                "why": json.loads(row.params).get("why", ""),
+                "method": json.loads(row.params).get("method"),
+            }
+            for row in rows
+        ]
+
+
+def _local_day(moment: datetime) -> str:
+    return moment.astimezone(WIB).date().isoformat()
+
+
+def _check(
+    orchestrator: Orchestrator, customers: list[Customer], history: list[dict[str, Any]]
+) -> list[str]:
+    """Each never-paying customer's steps happened on the days its policy's timeline gives."""
+    problems = []
+    for customer in (c for c in customers if c.story == "never"):
+        end = datetime.combine(END, time(23), tzinfo=customer.policy.zone)
+        verdict = lifecycle(orchestrator.facts(customer.service), customer.policy, end)
+        for entry in verdict.timeline:
+            if entry.step in CHECKED and entry.at <= end:
+                done = _days_done(history, customer.service, entry.step)
+                if entry.at.date().isoformat() not in done:
+                    problems.append(
+                        f"{customer.service}: {entry.step} expected {entry.at.date()} "
+                        f"({entry.clause}); journal has {done}"
+                    )
+    return problems
+
+
+def _days_done(history: list[dict[str, Any]], service: str, step: StepKind) -> list[str]:
+    return [h["day"] for h in history if h["service"] == service and h["action"] == step.value]
+
+
+def _print(history: list[dict[str, Any]], problems: list[str], as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps({"history": history, "problems": problems}))
+        return
+    table = Table(title="what happened when (from the journal)")
+    for column in ("day", "service", "step", "why"):
+        table.add_column(column, overflow="fold")
+    for h in history:
+        step = f"{h['action']} ({h['method']})" if h["method"] else h["action"]
+        table.add_row(h["day"], h["service"], step, h["why"])
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]MISMATCH[/red] {problem}", highlight=False)
+    if not problems:
+        console.print(
+            "every never-paying customer's suspend, reclaim, terminate and purge days "
+            "match its policy's timeline and clause"
+        )
+
+
+__all__ = ["run_demo"]

@@ -1,0 +1,375 @@
+"""The orchestrator's one flow: facts -> lifecycle -> reconcile -> journal -> executor.
+
+``Orchestrator`` is what the CLI, the scheduler and the hooks call. Every
+method takes ``now``; none reads a clock. ``ingest`` turns events into facts
+and a precomputed ``next_at`` per service, so a tick reads only the services
+that are due (an indexed range scan), not every service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from drivers.base import ComputeDriver, DriverError, Observed, Power, ServiceRef, load_compute
+from orchestrator import actions, audit, ipam, journal
+from orchestrator.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
+from orchestrator.executor import Executor, ExecutorSettings, StepReport
+from orchestrator.facts import Facts, derive_facts
+from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_warranted
+from orchestrator.inventory import HostVars, Inventory
+from orchestrator.lifecycle import Phase, Verdict, lifecycle
+from orchestrator.policy import Policy
+from orchestrator.reconcile import Action, Current, StepSpec, assumed, reconcile
+from orchestrator.store.models import AddressRow, EventRow, ServiceRow, StepRow
+
+log = logging.getLogger("orchestrator")
+NEW = "new"
+DriverFactory = Callable[[str, HostVars], ComputeDriver]
+
+
+@dataclass(frozen=True)
+class Settings:
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    accepted: list[str]
+    duplicates: list[str]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    service_id: str
+    policy: str
+    product: str
+    phase: Phase
+    applied_phase: str
+    steps: list[StepSpec]
+
+
+@dataclass
+class ApplyReport:
+    planned: int = 0
+    steps: list[StepReport] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _default_drivers(name: str, host: HostVars) -> ComputeDriver:
+    return load_compute(host.driver, uri=host.uri)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        engine: Engine,
+        policies: dict[str, Policy],
+        inventory: Inventory,
+        settings: Settings | None = None,
+        drivers: DriverFactory = _default_drivers,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.policies, self.inventory = policies, inventory
+        self.settings = settings or Settings()
+        self.breaker = Breaker(self.settings.breaker)
+        self._driver_factory, self._sleep = drivers, sleep
+        self._drivers: dict[str, ComputeDriver] = {}
+
+    # -- facts -------------------------------------------------------------
+
+    def seed_pools(self) -> int:
+        with self.sessions.begin() as session:
+            return sum(
+                ipam.seed_pool(session, name, pool.addresses())
+                for name, pool in self.inventory.pools.items()
+            )
+
+    def ingest(
+        self, events: Sequence[Event], now: datetime, actor: str = "billing"
+    ) -> IngestReport:
+        """Store new events and refresh their services; all or nothing."""
+        with self.sessions.begin() as session:
+            new, duplicates = self._split_known(session, events)
+            self._validate(session, new)
+            session.add_all(_event_row(event, now) for event in new)
+            session.flush()
+            for service_id in dict.fromkeys(e.service for e in new):
+                self._refresh(session, service_id, now)
+            if new:
+                audit.append(
+                    session,
+                    now,
+                    actor,
+                    "events.ingested",
+                    "*",
+                    {"events": [e.id for e in new], "duplicates": duplicates},
+                )
+        return IngestReport([e.id for e in new], duplicates)
+
+    def _split_known(
+        self, session: Session, events: Sequence[Event]
+    ) -> tuple[list[Event], list[str]]:
+        ids = [e.id for e in events]
+        known = set(session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(ids))))
+        new: dict[str, Event] = {}
+        duplicates = []
+        for event in events:
+            if event.id in known or event.id in new:
+                duplicates.append(event.id)
+            else:
+                new[event.id] = event
+        return list(new.values()), duplicates
+
+    def _validate(self, session: Session, events: list[Event]) -> None:
+        created: dict[str, str] = {}
+        for event in events:
+            if isinstance(event.data, ServiceCreated):
+                self._check_created(event.data)
+                created[event.service] = event.data.policy
+                continue
+            policy_name = created.get(event.service) or self._policy_of(session, event.service)
+            if policy_name is None:
+                raise EventError(f"event {event.id}: unknown service {event.service!r}")
+            self._check_names(event, self.policies[policy_name])
+
+    def _check_created(self, data: ServiceCreated) -> None:
+        if data.policy not in self.policies:
+            raise EventError(
+                f"unknown policy {data.policy!r} (known: {', '.join(sorted(self.policies))})"
+            )
+        if data.product not in self.policies[data.policy].products:
+            raise EventError(f"policy {data.policy} has no rules for {data.product.value}")
+        if data.host not in self.inventory.hosts():
+            raise EventError(f"unknown host {data.host!r}: not in the inventory")
+
+    @staticmethod
+    def _check_names(event: Event, policy: Policy) -> None:
+        if isinstance(event.data, HoldPlaced) and event.data.kind not in policy.holds:
+            raise EventError(
+                f"event {event.id}: policy {policy.name} has no hold kind {event.data.kind!r}"
+            )
+        if isinstance(event.data, AbuseReported) and event.data.category not in policy.abuse:
+            raise EventError(
+                f"event {event.id}: policy {policy.name} has no abuse category "
+                f"{event.data.category!r}"
+            )
+
+    @staticmethod
+    def _policy_of(session: Session, service_id: str) -> str | None:
+        return session.scalar(select(ServiceRow.policy).where(ServiceRow.id == service_id))
+
+    def _refresh(self, session: Session, service_id: str, now: datetime) -> None:
+        rows = session.scalars(
+            select(EventRow)
+            .where(EventRow.service_id == service_id)
+            .order_by(EventRow.occurred_at, EventRow.seq)
+        )
+        facts = derive_facts(service_id, (Event.model_validate_json(r.body) for r in rows))
+        verdict = self.verdict(facts, now)
+        row = session.get(ServiceRow, service_id) or ServiceRow(id=service_id, applied_phase=NEW)
+        row.customer, row.policy, row.product, row.host = (
+            facts.customer,
+            facts.policy,
+            facts.product,
+            facts.host,
+        )
+        row.phase, row.facts, row.updated_at = verdict.phase.value, facts.to_json(), now
+        row.next_at = now if verdict.phase.value != row.applied_phase else verdict.next_at
+        session.merge(row)
+
+    def verdict(self, facts: Facts, now: datetime) -> Verdict:
+        return lifecycle(facts, self.policies[facts.policy], now)
+
+    def facts(self, service_id: str, session: Session | None = None) -> Facts:
+        if session is None:
+            with self.sessions() as own:
+                return self.facts(service_id, own)
+        row = session.get(ServiceRow, service_id)
+        if row is None:
+            raise KeyError(service_id)
+        return Facts.from_json(row.facts)
+
+    # -- planning ----------------------------------------------------------
+
+    def plan(self, now: datetime) -> Iterator[ServicePlan]:
+        """What would happen at ``now`` to every service, assuming the last applied state."""
+        with self.sessions() as session:
+            held = _addresses_by_service(session)
+            rows = session.execute(
+                select(ServiceRow.id, ServiceRow.applied_phase, ServiceRow.facts).execution_options(
+                    yield_per=5000
+                )
+            )
+            for service_id, applied, facts_json in rows:
+                plan = self._plan_one(
+                    Facts.from_json(facts_json), applied, held.get(service_id, ()), now
+                )
+                if plan.steps:
+                    yield plan
+
+    def _plan_one(
+        self, facts: Facts, applied: str, held: tuple[str, ...], now: datetime
+    ) -> ServicePlan:
+        verdict = self.verdict(facts, now)
+        was_purged = applied == Phase.PURGED.value
+        observed = (
+            Observed(Power.ABSENT)
+            if applied == NEW
+            else assumed(Phase(applied), verdict.suspend_method, was_purged)
+        )
+        current = Current(observed, held, was_purged)
+        steps = reconcile(facts.service_id, verdict, current, facts.revision)
+        return ServicePlan(
+            facts.service_id, facts.policy, facts.product, verdict.phase, applied, steps
+        )
+
+    # -- applying ----------------------------------------------------------
+
+    def due(self, now: datetime, session: Session) -> list[str]:
+        """Services whose next transition has come: an indexed range read."""
+        query = select(ServiceRow.id).where(ServiceRow.next_at <= now).order_by(ServiceRow.next_at)
+        return list(session.scalars(query))
+
+    def apply(self, now: datetime, yes: bool = False, actor: str = "scheduler") -> ApplyReport:
+        """Reconcile every due service against its real state, then run the journal."""
+        report = ApplyReport()
+        with self.sessions() as session:
+            due = self.due(now, session)
+        for service_id in due:
+            report.planned += self._journal_service(service_id, now, report)
+        runnable = self._admit(now, yes)
+        report.steps = self._executor(now, yes).run(runnable, now)
+        for service_id in dict.fromkeys([*due, *(s.service_id for s in runnable)]):
+            self._settle(service_id, now)
+        return report
+
+    def _journal_service(self, service_id: str, now: datetime, report: ApplyReport) -> int:
+        facts = self.facts(service_id)
+        verdict = self.verdict(facts, now)
+        try:
+            observed = self.driver(facts.host).inspect(ServiceRef(service_id, facts.host))
+        except DriverError as exc:
+            report.skipped.append(f"{service_id}: cannot observe: {exc}")
+            return 0
+        with self.sessions.begin() as session:
+            current = Current(
+                observed, ipam.held_by(session, service_id), journal.purged(session, service_id)
+            )
+            specs = reconcile(service_id, verdict, current, facts.revision)
+            return len(journal.enqueue(session, specs, facts.host, now))
+
+    def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
+        """The runnable steps; destructive ones only if the breaker lets this many through."""
+        with self.sessions.begin() as session:
+            runnable = journal.runnable(session, now, yes)
+            destructive = [s for s in runnable if s.destructive]
+            if destructive and not self.breaker.admit(session, len(destructive), now):
+                journal.mark(session, [s.id for s in destructive], journal.PAUSED, "breaker open")
+                runnable = [s for s in runnable if not s.destructive]
+        return runnable
+
+    def _executor(self, now: datetime, yes: bool) -> Executor:
+        limits = {name: host.max_concurrent for name, host in self.inventory.hosts().items()}
+        return Executor(
+            self.sessions,
+            lambda step: self._perform(step, now),
+            lambda session, step: self._guard(session, step, now, yes),
+            limits,
+            self.settings.executor,
+            self._sleep,
+        )
+
+    def _guard(
+        self, session: Session, step: StepRow, now: datetime, yes: bool
+    ) -> tuple[str, str] | None:
+        if not step.destructive:
+            return None
+        facts = self.facts(step.service_id, session)
+        policy = self.policies[facts.policy]
+        action = Action(step.kind)
+        if not still_warranted(action, lifecycle(facts, policy, now)):
+            return journal.CANCELLED, "billing changed: no longer warranted"
+        if (hold := covering_hold(action, facts, policy, now)) is not None:
+            return journal.HELD, f"held by {hold}"
+        if not yes and not _automatic(step):
+            return journal.AWAITING, "not automatic in the policy: needs 'apply --yes'"
+        return None
+
+    def _perform(self, step: StepRow, now: datetime) -> dict[str, Any]:
+        facts = self.facts(step.service_id)
+        host = self.inventory.hosts()[facts.host]
+        context = actions.Context(
+            self.sessions,
+            self.driver(facts.host),
+            host.pool,
+            facts,
+            self.policies[facts.policy],
+            now,
+        )
+        return actions.perform(context, step)
+
+    def _settle(self, service_id: str, now: datetime) -> None:
+        """Record the phase as applied once no step is open; otherwise look again later."""
+        with self.sessions.begin() as session:
+            row = session.get(ServiceRow, service_id)
+            if row is None:
+                return
+            verdict = self.verdict(Facts.from_json(row.facts), now)
+            row.phase = verdict.phase.value
+            if journal.open_steps(session, service_id) == 0:
+                row.applied_phase, row.next_at = verdict.phase.value, verdict.next_at
+            else:
+                row.next_at = _earliest(verdict.next_at, now + self.settings.executor.retry_later)
+
+    def driver(self, host: str) -> ComputeDriver:
+        if host not in self._drivers:
+            self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
+        return self._drivers[host]
+
+    def service(self, service_id: str) -> ServiceRow | None:
+        with self.sessions() as session:
+            return session.get(ServiceRow, service_id)
+
+
+def _event_row(event: Event, now: datetime) -> EventRow:
+    return EventRow(
+        event_id=event.id,
+        service_id=event.service,
+        type=event.type,
+        occurred_at=event.at,
+        received_at=now,
+        body=event.model_dump_json(),
+    )
+
+
+def _addresses_by_service(session: Session) -> dict[str, tuple[str, ...]]:
+    found: dict[str, list[str]] = defaultdict(list)
+    query = select(AddressRow.service_id, AddressRow.address).where(
+        AddressRow.service_id.is_not(None)
+    )
+    for service_id, address in session.execute(query):
+        found[str(service_id)].append(address)
+    return {k: tuple(sorted(v)) for k, v in found.items()}
+
+
+def _automatic(step: StepRow) -> bool:
+    return bool(json.loads(step.params).get("automatic", True))
+
+
+def _earliest(a: datetime | None, b: datetime) -> datetime:
+    return min(a, b) if a is not None else b
+
+
+__all__ = ["ApplyReport", "IngestReport", "Orchestrator", "ServicePlan", "Settings"]

@@ -1,0 +1,151 @@
+"""The executor: runs journaled steps, one service at a time, a few per host.
+
+Each service's steps run in order on one worker; services run in parallel,
+at most ``limit`` at once per host (libvirtd and BMCs do not like crowds).
+A step is claimed in the journal before it runs and finished after, with
+its outcome. Retry intent comes from the driver's error type, and is acted
+on here only: a ``TemporaryError`` is retried with backoff a few times in
+process, then left for a later run (``retry``, with ``not_before``); any
+other error fails the step and stops that service's later steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from drivers.base import DriverError, TemporaryError
+from orchestrator import audit, journal
+from orchestrator.store.models import StepRow
+
+log = logging.getLogger("orchestrator.executor")
+
+Perform = Callable[[StepRow], dict[str, Any]]
+Guard = Callable[[Session, StepRow], tuple[str, str] | None]
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    workers: int = 8
+    attempts: int = 3
+    backoff_seconds: float = 0.05
+    retry_later: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step_id: int
+    service_id: str
+    kind: str
+    state: str
+    detail: str
+
+
+class Executor:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        perform: Perform,
+        guard: Guard,
+        limits: dict[str, int],
+        settings: ExecutorSettings,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._sessions, self._perform, self._guard = sessions, perform, guard
+        self._settings, self._sleep = settings, sleep
+        self._limits = {host: threading.BoundedSemaphore(n) for host, n in limits.items()}
+        self._default = threading.BoundedSemaphore(2)
+
+    def run(self, steps: list[StepRow], now: datetime) -> list[StepReport]:
+        by_service: dict[str, list[StepRow]] = defaultdict(list)
+        for step in steps:
+            by_service[step.service_id].append(step)
+        with ThreadPoolExecutor(max_workers=self._settings.workers) as pool:
+            futures = [pool.submit(self._run_service, batch, now) for batch in by_service.values()]
+            return [report for future in futures for report in future.result()]
+
+    def _run_service(self, steps: list[StepRow], now: datetime) -> list[StepReport]:
+        reports = []
+        for step in steps:
+            report = self._run_step(step, now)
+            reports.append(report)
+            if report.state != journal.DONE:
+                break
+        return reports
+
+    def _run_step(self, step: StepRow, now: datetime) -> StepReport:
+        with self._sessions.begin() as session:
+            stopped = self._guard(session, step)
+            if stopped is not None:
+                journal.mark(session, [step.id], *stopped)
+                return self._report(step, *stopped)
+            if not journal.claim(session, step.id, step.state, now):
+                return self._report(step, "skipped", "claimed by another executor")
+        with self._limits.get(step.host, self._default):
+            return self._attempt(step, now)
+
+    def _attempt(self, step: StepRow, now: datetime) -> StepReport:
+        for attempt in range(1, self._settings.attempts + 1):
+            try:
+                result = self._perform(step)
+            except TemporaryError as exc:
+                if attempt == self._settings.attempts:
+                    return self._retry_later(step, exc, now)
+                self._sleep(self._settings.backoff_seconds * 2 ** (attempt - 1))
+            except DriverError as exc:
+                return self._finish(step, journal.FAILED, now, None, str(exc))
+            else:
+                return self._finish(step, journal.DONE, now, result, None)
+        raise AssertionError("unreachable")
+
+    def _retry_later(self, step: StepRow, exc: TemporaryError, now: datetime) -> StepReport:
+        later = now + max(self._settings.retry_later, timedelta(seconds=exc.delay))
+        with self._sessions.begin() as session:
+            journal.finish(session, step.id, journal.RETRY, now, None, str(exc), not_before=later)
+            self._audit(session, step, journal.RETRY, now, {"error": str(exc)})
+        return self._report(step, journal.RETRY, f"{exc}; retry after {later.isoformat()}")
+
+    def _finish(
+        self,
+        step: StepRow,
+        state: str,
+        now: datetime,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> StepReport:
+        with self._sessions.begin() as session:
+            journal.finish(session, step.id, state, now, result, error)
+            self._audit(session, step, state, now, result or {"error": error})
+        if error:
+            log.warning("step %s %s of %s failed: %s", step.id, step.kind, step.service_id, error)
+        return self._report(step, state, error or _summary(result))
+
+    def _audit(
+        self, session: Session, step: StepRow, state: str, now: datetime, detail: dict[str, Any]
+    ) -> None:
+        audit.append(
+            session,
+            now,
+            "executor",
+            f"step.{step.kind}.{state}",
+            step.service_id,
+            {"step": step.id, "key": step.key, **detail},
+        )
+
+    @staticmethod
+    def _report(step: StepRow, state: str, detail: str) -> StepReport:
+        return StepReport(step.id, step.service_id, step.kind, state, detail)
+
+
+def _summary(result: dict[str, Any] | None) -> str:
+    if not result:
+        return ""
+    return str(result.get("detail", ""))

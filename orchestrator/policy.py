@@ -1,0 +1,248 @@
+"""Policies: the terms of service as data.
+
+A policy says, per product kind, when each step of the lifecycle ladder
+happens and why (the clause it comes from). Nothing else in the orchestrator
+holds a number of days: if it is not in a policy file, it is not a rule.
+
+A policy file is YAML validated by the models below; ``orchestrator policy
+schema`` exports their JSON Schema for editors, and ``load_policy`` reports
+every error with its file, field and line (see ``orchestrator.yamlerrors``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.days import Offset, WorkCalendar
+from orchestrator.yamlerrors import PolicyError, load_yaml_model
+
+
+def _parse_offset(value: Any) -> Offset:
+    if isinstance(value, Offset):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("an offset is written like '5d', '2bd', '24h' or '1mo'")
+    return Offset.parse(str(value) if isinstance(value, str) else f"{value}d")
+
+
+OffsetField = Annotated[
+    Offset,
+    BeforeValidator(_parse_offset),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*\d+\s*(h|d|bd|mo)\s*$",
+            "description": "whole number and unit: h, d (calendar days), bd (business days), mo",
+        }
+    ),
+]
+
+
+class ProductKind(StrEnum):
+    KVM_VPS = "kvm_vps"
+    PROXMOX_VPS = "proxmox_vps"
+    DEDICATED = "dedicated"
+    COLOCATION = "colocation"
+
+
+class Anchor(StrEnum):
+    """Where a ladder's clock starts."""
+
+    OLDEST_UNPAID_DUE = "oldest_unpaid_due"
+    SUBSCRIPTION_END = "subscription_end"
+    DEPOSIT_EXHAUSTED = "deposit_exhausted"
+    ACCOUNT_CLOSURE = "account_closure"
+
+
+class StepKind(StrEnum):
+    NOTICE = "notice"
+    SUSPEND = "suspend"
+    RECLAIM_IPS = "reclaim_ips"
+    TERMINATE = "terminate"
+    PURGE = "purge"
+    HAND_OVER = "hand_over"
+
+
+DESTRUCTIVE_STEPS = frozenset(
+    {StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE, StepKind.HAND_OVER}
+)
+
+
+class SuspendMethod(StrEnum):
+    PAUSE = "pause"
+    SHUTDOWN = "shutdown"
+    CUT_NETWORK = "cut_network"
+    POWER_OFF = "power_off"
+    PORT_DOWN = "port_down"
+
+
+class ReasonOwner(StrEnum):
+    """Who may lift a suspension: a payment clears only ``billing``."""
+
+    BILLING = "billing"
+    ABUSE = "abuse"
+    ADMIN = "admin"
+    DISPUTE = "dispute"
+    LEGAL = "legal"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LadderStep(Strict):
+    step: StepKind
+    after: OffsetField = Field(description="how long after the ladder's anchor")
+    method: SuspendMethod | None = Field(None, description="for suspend: how")
+    automatic: bool = Field(
+        True, description="applied without an operator's --yes when destructive"
+    )
+    clause: str = Field(min_length=3, description="the clause of the terms it comes from")
+    note: str | None = Field(None, description="how an ambiguous clause was read")
+
+    @model_validator(mode="after")
+    def _method_for_suspend(self) -> LadderStep:
+        if self.step == StepKind.SUSPEND and self.method is None:
+            raise ValueError("a suspend step needs a method (pause, shutdown, cut_network, ...)")
+        if self.step != StepKind.SUSPEND and self.method is not None:
+            raise ValueError(f"only suspend steps take a method, not {self.step}")
+        return self
+
+
+class Ladder(Strict):
+    anchor: Anchor
+    steps: list[LadderStep] = Field(min_length=1)
+    clause: str | None = None
+
+
+class Backups(Strict):
+    frequency: Literal["weekly", "daily", "none"]
+    keep: int = Field(ge=0, description="copies kept; 1 means each backup replaces the last")
+    while_suspended: bool = Field(
+        True, description="whether backups run while suspended for nonpayment"
+    )
+    clause: str = Field(min_length=3)
+
+
+class Undo(Strict):
+    """What paying can still bring back, by how far the ladder went."""
+
+    restore_from_archive: bool = Field(
+        True, description="a terminated service is restored from its archive until purge"
+    )
+    same_ip_within_quarantine: bool = True
+    clause: str | None = None
+
+
+class Product(Strict):
+    ladders: list[Ladder] = Field(min_length=1)
+    backups: Backups
+    ip_quarantine: OffsetField = Field(description="how long a reclaimed IP rests before reuse")
+    undo: Undo = Undo()
+
+    @field_validator("ladders")
+    @classmethod
+    def _one_ladder_per_anchor(cls, ladders: list[Ladder]) -> list[Ladder]:
+        anchors = [ladder.anchor for ladder in ladders]
+        if len(anchors) != len(set(anchors)):
+            raise ValueError("two ladders share an anchor; merge their steps")
+        return ladders
+
+
+class HoldKind(Strict):
+    owner: ReasonOwner
+    blocks: list[StepKind] = Field(description="steps that may not run while the hold lasts")
+    suspends: bool = Field(False, description="the hold itself suspends the service")
+    lasts: OffsetField | None = Field(None, description="how long, when the terms fix it")
+    clause: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _legal_blocks_everything(self) -> HoldKind:
+        if self.owner == ReasonOwner.LEGAL and not set(self.blocks) >= DESTRUCTIVE_STEPS:
+            raise ValueError("a legal hold must block every destructive step")
+        return self
+
+
+class AbuseRung(Strict):
+    strike: int = Field(ge=1, description="the n-th report of this kind")
+    action: Literal["suspend", "terminate"]
+    lasts: OffsetField | None = Field(None, description="for suspend: how long")
+    clause: str = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _suspension_has_length(self) -> AbuseRung:
+        if self.action == "suspend" and self.lasts is None:
+            raise ValueError("an abuse suspension needs its length ('lasts')")
+        return self
+
+
+class CalendarSpec(Strict):
+    holidays: str = Field("ID", description="country code of the public holidays")
+    weekend: list[int] = Field([5, 6], description="weekday numbers, Monday is 0")
+
+    def work_calendar(self) -> WorkCalendar:
+        return WorkCalendar(self.holidays, tuple(self.weekend))
+
+
+class Policy(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    provider: str
+    terms: str = Field(description="the terms-of-service file this policy encodes")
+    timezone: str = "Asia/Jakarta"
+    calendar: CalendarSpec = CalendarSpec()
+    products: dict[ProductKind, Product] = Field(min_length=1)
+    holds: dict[str, HoldKind] = {}
+    abuse: dict[str, list[AbuseRung]] = {}
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {zone!r}") from exc
+        return zone
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def product(self, kind: ProductKind) -> Product:
+        try:
+            return self.products[kind]
+        except KeyError:
+            raise PolicyError(f"policy {self.name} has no rules for {kind}") from None
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate one policy file; raise PolicyError naming every problem."""
+    return load_yaml_model(path, Policy)
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    policies: dict[str, Policy] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        policy = load_policy(path)
+        if policy.name in policies:
+            raise PolicyError(f"{path}: policy name {policy.name!r} is used twice")
+        policies[policy.name] = policy
+    return policies
+
+
+def policy_schema() -> dict[str, Any]:
+    return Policy.model_json_schema()

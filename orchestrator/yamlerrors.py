@@ -1,0 +1,95 @@
+"""YAML files validated by pydantic, with errors that name file, field and line.
+
+An operator who mistypes ``sunpend`` must be told where, not handed a
+traceback. PyYAML's node tree keeps each value's position; pydantic's error
+locations are paths into the same tree, so one walk maps one to the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+
+class PolicyError(Exception):
+    """A policy, inventory or event file that cannot be used as written."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M]) -> M:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = Problem(str(path), line, "(syntax)", str(getattr(exc, "problem", exc)))
+        raise PolicyError(str(problem), [problem]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(path, root, error) for error in exc.errors()]
+        raise PolicyError("\n".join(str(p) for p in problems), problems) from None
+
+
+def _problem(path: Path, root: yaml.Node | None, error: Any) -> Problem:
+    loc = [part for part in error["loc"] if not _is_validator_tag(part)]
+    field = ".".join(str(part) for part in loc) or "(document)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (misspelled?)"
+    return Problem(str(path), _line_of(root, loc), field, message)
+
+
+def _is_validator_tag(part: object) -> bool:
+    """pydantic adds tags like 'function-after[...]' to locations; they are not in the file."""
+    return isinstance(part, str) and "[" in part and part.endswith("]")
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
+    """The line of the deepest part of ``loc`` present in the file (a key's own line)."""
+    line = node.start_mark.line + 1 if node is not None else 0
+    for part in loc:
+        found = _child(node, part)
+        if found is None:
+            break
+        mark, node = found
+        line = mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node | None, part: Any) -> tuple[Any, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key.start_mark, value
+        return None
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        child: yaml.Node = node.value[part]
+        return child.start_mark, child
+    return None

@@ -1,0 +1,98 @@
+"""Shared fixtures: the shipped policies and inventory, and stores on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from orchestrator.engine import Orchestrator
+from orchestrator.events import Event, parse_events
+from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.policy import Policy, load_policies
+from orchestrator.store.db import migrate, open_engine
+
+REPO = Path(__file__).resolve().parents[1]
+WIB = ZoneInfo("Asia/Jakarta")
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def policies() -> dict[str, Policy]:
+    return load_policies(REPO / "inventory" / "policies")
+
+
+@pytest.fixture(scope="session")
+def inventory() -> Inventory:
+    return load_inventory(REPO / "inventory" / "lab.yaml")
+
+
+def wib(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=WIB)
+
+
+def events(*items: dict[str, Any]) -> list[Event]:
+    return parse_events(json.dumps(list(items)))
+
+
+def created(service: str, policy: str = "klikserver", product: str = "kvm_vps",
+            at: str = "2026-11-01T10:00:00+07:00", host: str = "kvm-jkt-1",
+            **extra: Any) -> dict[str, Any]:
+    data = {"type": "service.created", "customer": f"cust-{service}", "policy": policy,
+            "product": product, "host": host, **extra}
+    return {"id": f"{service}-created", "service": service, "at": at, "data": data}
+
+
+def invoice(service: str, due: str, invoice_id: str = "inv-1",
+            at: str = "2026-11-17T10:00:00+07:00") -> dict[str, Any]:
+    return {"id": f"{service}-{invoice_id}-issued", "service": service, "at": at,
+            "data": {"type": "invoice.issued", "invoice": invoice_id, "due": due}}
+
+
+def paid(service: str, at: str, invoice_id: str = "inv-1") -> dict[str, Any]:
+    return {"id": f"{service}-{invoice_id}-paid-{at}", "service": service, "at": at,
+            "data": {"type": "invoice.paid", "invoice": invoice_id}}
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Engine:
+    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    return engine
+
+
+@pytest.fixture
+def postgres_engine() -> Iterator[Engine]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_SERVER)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = open_engine(f"{PG_SERVER}?options=-csearch_path%3D{schema}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_engine(request: pytest.FixtureRequest) -> Engine:
+    name = "sqlite_engine" if request.param == "sqlite" else "postgres_engine"
+    engine: Engine = request.getfixturevalue(name)
+    return engine
+
+
+@pytest.fixture
+def orchestrator(sqlite_engine: Engine, policies: dict[str, Policy],
+                 inventory: Inventory) -> Orchestrator:
+    orch = Orchestrator(sqlite_engine, policies, inventory, sleep=lambda _: None)
+    orch.seed_pools()
+    return orch
