@@ -42,23 +42,43 @@ def events(*items: dict[str, Any]) -> list[Event]:
     return parse_events(json.dumps(list(items)))
 
 
-def created(service: str, policy: str = "klikserver", product: str = "kvm_vps",
-            at: str = "2026-11-01T10:00:00+07:00", host: str = "kvm-jkt-1",
-            **extra: Any) -> dict[str, Any]:
-    data = {"type": "service.created", "customer": f"cust-{service}", "policy": policy,
-            "product": product, "host": host, **extra}
+def created(
+    service: str,
+    policy: str = "klikserver",
+    product: str = "kvm_vps",
+    at: str = "2026-11-01T10:00:00+07:00",
+    host: str = "kvm-jkt-1",
+    **extra: Any,
+) -> dict[str, Any]:
+    data = {
+        "type": "service.created",
+        "customer": f"cust-{service}",
+        "policy": policy,
+        "product": product,
+        "host": host,
+        **extra,
+    }
     return {"id": f"{service}-created", "service": service, "at": at, "data": data}
 
 
-def invoice(service: str, due: str, invoice_id: str = "inv-1",
-            at: str = "2026-11-17T10:00:00+07:00") -> dict[str, Any]:
-    return {"id": f"{service}-{invoice_id}-issued", "service": service, "at": at,
-            "data": {"type": "invoice.issued", "invoice": invoice_id, "due": due}}
+def invoice(
+    service: str, due: str, invoice_id: str = "inv-1", at: str = "2026-11-17T10:00:00+07:00"
+) -> dict[str, Any]:
+    return {
+        "id": f"{service}-{invoice_id}-issued",
+        "service": service,
+        "at": at,
+        "data": {"type": "invoice.issued", "invoice": invoice_id, "due": due},
+    }
 
 
 def paid(service: str, at: str, invoice_id: str = "inv-1") -> dict[str, Any]:
-    return {"id": f"{service}-{invoice_id}-paid-{at}", "service": service, "at": at,
-            "data": {"type": "invoice.paid", "invoice": invoice_id}}
+    return {
+        "id": f"{service}-{invoice_id}-paid-{at}",
+        "service": service,
+        "at": at,
+        "data": {"type": "invoice.paid", "invoice": invoice_id},
+    }
 
 
 @pytest.fixture
@@ -91,8 +111,9 @@ def store_engine(request: pytest.FixtureRequest) -> Engine:
 
 
 @pytest.fixture
-def orchestrator(sqlite_engine: Engine, policies: dict[str, Policy],
-                 inventory: Inventory) -> Orchestrator:
+def orchestrator(
+    sqlite_engine: Engine, policies: dict[str, Policy], inventory: Inventory
+) -> Orchestrator:
     orch = Orchestrator(sqlite_engine, policies, inventory, sleep=lambda _: None)
     orch.seed_pools()
     return orch

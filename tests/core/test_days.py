@@ -10,7 +10,12 @@ ID = WorkCalendar("ID", (5, 6))
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("5d", Offset(5, "d")), ("24h", Offset(24, "h")), ("2bd", Offset(2, "bd")), (" 1mo ", Offset(1, "mo"))],
+    [
+        ("5d", Offset(5, "d")),
+        ("24h", Offset(24, "h")),
+        ("2bd", Offset(2, "bd")),
+        (" 1mo ", Offset(1, "mo")),
+    ],
 )
 def test_parse(text: str, expected: Offset) -> None:
     assert Offset.parse(text) == expected

@@ -81,7 +81,12 @@ def test_each_entry_says_what_paying_after_it_would_undo(policies: dict[str, Pol
 
 
 def _hold(kind: str, at: str, hold_id: str = "h1", until: str | None = None) -> dict:  # type: ignore[type-arg]
-    data = {"type": "hold.placed", "hold": hold_id, "kind": kind, **({"until": until} if until else {})}
+    data = {
+        "type": "hold.placed",
+        "hold": hold_id,
+        "kind": kind,
+        **({"until": until} if until else {}),
+    }
     return {"id": f"hold-{hold_id}", "service": "s1", "at": at, "data": data}
 
 
@@ -94,14 +99,21 @@ def test_legal_hold_blocks_every_destructive_step_after_it(policies: dict[str, P
 
 
 def test_releasing_the_hold_lets_the_ladder_go_on(policies: dict[str, Policy]) -> None:
-    release = {"id": "rel", "service": "s1", "at": "2027-01-05T10:00:00+07:00",
-               "data": {"type": "hold.released", "hold": "h1"}}
+    release = {
+        "id": "rel",
+        "service": "s1",
+        "at": "2027-01-05T10:00:00+07:00",
+        "data": {"type": "hold.released", "hold": "h1"},
+    }
     items = [*UNPAID, _hold("legal", "2026-12-07T10:00:00+07:00"), release]
     assert verdict_at(policies, items, wib(2027, 1, 6)).phase == Phase.PURGED
 
 
 def test_a_hold_with_an_end_delays_steps_to_it(policies: dict[str, Policy]) -> None:
-    items = [*UNPAID, _hold("legal", "2026-12-07T10:00:00+07:00", until="2026-12-20T00:00:00+07:00")]
+    items = [
+        *UNPAID,
+        _hold("legal", "2026-12-07T10:00:00+07:00", until="2026-12-20T00:00:00+07:00"),
+    ]
     verdict = verdict_at(policies, items, wib(2026, 12, 1))
     days = {e.step: e.at.date() for e in verdict.timeline}
     assert days[StepKind.TERMINATE] == date(2026, 12, 20)
@@ -109,8 +121,12 @@ def test_a_hold_with_an_end_delays_steps_to_it(policies: dict[str, Policy]) -> N
 
 
 def _abuse(n: int, at: str) -> dict:  # type: ignore[type-arg]
-    return {"id": f"abuse-{n}", "service": "s1", "at": at,
-            "data": {"type": "abuse.reported", "category": "ddos"}}
+    return {
+        "id": f"abuse-{n}",
+        "service": "s1",
+        "at": at,
+        "data": {"type": "abuse.reported", "category": "ddos"},
+    }
 
 
 def test_first_ddos_suspends_for_three_days_and_payment_does_not_lift_it(
@@ -131,8 +147,12 @@ def test_third_ddos_suspends_for_seven_days(policies: dict[str, Policy]) -> None
 
 
 def test_payment_clears_only_the_billing_reason(policies: dict[str, Policy]) -> None:
-    admin = {"id": "adm", "service": "s1", "at": "2026-12-07T09:00:00+07:00",
-             "data": {"type": "admin.suspended", "reason": "investigation"}}
+    admin = {
+        "id": "adm",
+        "service": "s1",
+        "at": "2026-12-07T09:00:00+07:00",
+        "data": {"type": "admin.suspended", "reason": "investigation"},
+    }
     items = [*UNPAID, admin, paid("s1", "2026-12-07T10:00:00+07:00")]
     verdict = verdict_at(policies, items, wib(2026, 12, 7, 11))
     assert verdict.phase == Phase.SUSPENDED

@@ -25,7 +25,9 @@ def _dump(engine: Engine) -> list[tuple]:  # type: ignore[type-arg]
     with engine.connect() as connection:
         rows = []
         for table in ("events", "services", "audit", "meta", "steps", "addresses"):
-            rows += [(table, *r) for r in connection.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
+            rows += [
+                (table, *r) for r in connection.execute(text(f"SELECT * FROM {table} ORDER BY 1"))
+            ]
         return rows
 
 
@@ -34,7 +36,9 @@ def test_migrations_match_the_models(store_engine: Engine) -> None:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
 
-def test_replaying_the_same_events_changes_nothing(orch: Orchestrator, store_engine: Engine) -> None:
+def test_replaying_the_same_events_changes_nothing(
+    orch: Orchestrator, store_engine: Engine
+) -> None:
     batch = events(created("s1"), invoice("s1", "2026-12-01"))
     first = orch.ingest(batch, wib(2026, 11, 20))
     assert len(first.accepted) == 2
@@ -57,12 +61,16 @@ def test_bad_event_stores_nothing(orch: Orchestrator, store_engine: Engine) -> N
     assert _dump(store_engine) == before
 
 
-def test_next_transition_is_precomputed_and_indexed(orch: Orchestrator, store_engine: Engine) -> None:
+def test_next_transition_is_precomputed_and_indexed(
+    orch: Orchestrator, store_engine: Engine
+) -> None:
     orch.ingest(events(created("s1"), invoice("s1", "2026-12-01")), wib(2026, 11, 20))
     with orch.sessions.begin() as session:
         session.execute(update(ServiceRow).values(applied_phase="active"))
-    orch.ingest(events(paid("s1", "2026-11-21T10:00:00+07:00"), invoice("s1", "2026-12-01", "inv-2")),
-                wib(2026, 11, 21))
+    orch.ingest(
+        events(paid("s1", "2026-11-21T10:00:00+07:00"), invoice("s1", "2026-12-01", "inv-2")),
+        wib(2026, 11, 21),
+    )
     with orch.sessions() as session:
         row = session.get(ServiceRow, "s1")
         assert row is not None and row.next_at == wib(2026, 12, 2)
@@ -70,8 +78,12 @@ def test_next_transition_is_precomputed_and_indexed(orch: Orchestrator, store_en
         assert orch.due(wib(2026, 12, 2), session) == ["s1"]
     with store_engine.connect() as connection:
         if store_engine.dialect.name == "sqlite":
-            plan = " ".join(str(r) for r in connection.execute(
-                text("EXPLAIN QUERY PLAN SELECT id FROM services WHERE next_at <= '2026-12-02'")))
+            plan = " ".join(
+                str(r)
+                for r in connection.execute(
+                    text("EXPLAIN QUERY PLAN SELECT id FROM services WHERE next_at <= '2026-12-02'")
+                )
+            )
             assert "ix_services_next_at" in plan
 
 

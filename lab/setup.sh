@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the orchestrator, its tests and its demo need on a
+# fresh Debian 12 machine: Debian packages (libvirt's library and headers,
+# to build libvirt-python) and a virtualenv in .venv with the project in
+# editable mode. Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libvirt-dev libvirt-clients pkg-config python3-venv gcc)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "lab/setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "lab/setup: ready ($(.venv/bin/python --version), libvirt $(.venv/bin/python -c 'import libvirt; print(libvirt.getVersion())'))"
