@@ -41,7 +41,15 @@ def append(
 
 def entry_hash(row: AuditRow) -> str:
     content = json.dumps(
-        [row.seq, row.at.astimezone(UTC).isoformat(), row.actor, row.action, row.subject, row.detail, row.prev_hash]
+        [
+            row.seq,
+            row.at.astimezone(UTC).isoformat(),
+            row.actor,
+            row.action,
+            row.subject,
+            row.detail,
+            row.prev_hash,
+        ]
     )
     return hashlib.sha256(content.encode()).hexdigest()
 

@@ -15,27 +15,28 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from drivers.libvirt_compute import LibvirtCompute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
 from drivers.base import ComputeDriver, MachineSpec, Observed, Outcome, Power, ServiceRef
+from drivers.libvirt_compute import LibvirtCompute
 from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, parse_events
 from orchestrator.facts import derive_facts
 from orchestrator.guards import still_warranted
 from orchestrator.inventory import Inventory
 from orchestrator.lifecycle import lifecycle
-from orchestrator.policy import Policy, StepKind
+from orchestrator.policy import StepKind, load_policies
 from orchestrator.reconcile import Current, reconcile
 from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import EventRow, StepRow
-from tests.conftest import WIB
+from tests.conftest import REPO, WIB
 
 START = datetime(2026, 11, 1, tzinfo=WIB)
-PROFILES = ["klikserver", "cybernet", "herza", "cbncloud", "cloudmatika"]
+PROFILES = ["klikserver"]
 PRODUCTS = ["kvm_vps", "proxmox_vps", "dedicated", "colocation"]
+POLICIES = load_policies(REPO / "inventory" / "policies")
 
 
 def _at(hours: int) -> str:
@@ -55,7 +56,7 @@ def histories(draw: st.DrawFn, service: str = "s1") -> list[dict[str, Any]]:
             "product": product,
             "host": "kvm-jkt-1",
             "subscription_end": draw(
-                st.none() | st.dates(START.date(), START.date() + timedelta(days=60))
+                st.none() | st.dates(START.date(), START.date() + timedelta(days=60)).map(str)
             ),
         }
     ]
@@ -104,7 +105,6 @@ observed_states = st.builds(
     was_purged=st.booleans(),
 )
 def test_good_standing_never_gets_a_destructive_step(
-    policies: dict[str, Policy],
     history: list[dict[str, Any]],
     hours: int,
     seen: Observed,
@@ -113,7 +113,7 @@ def test_good_standing_never_gets_a_destructive_step(
 ) -> None:
     facts = derive_facts("s1", parse_events(json.dumps(history)))
     now = START + timedelta(hours=hours)
-    verdict = lifecycle(facts, policies[facts.policy], now)
+    verdict = lifecycle(facts, POLICIES[facts.policy], now)
     steps = reconcile("s1", verdict, Current(seen, addresses, was_purged), facts.revision)
     if verdict.good_standing:
         assert not [s for s in steps if s.destructive]
@@ -125,12 +125,11 @@ def test_good_standing_never_gets_a_destructive_step(
 @settings(max_examples=400, deadline=None)
 @given(history=histories(), hours=st.integers(0, 24 * 120))
 def test_purge_never_before_its_day_nor_under_a_hold(
-    policies: dict[str, Policy],
     history: list[dict[str, Any]],
     hours: int,
 ) -> None:
     facts = derive_facts("s1", parse_events(json.dumps(history)))
-    policy = policies[facts.policy]
+    policy = POLICIES[facts.policy]
     now = START + timedelta(hours=hours)
     verdict = lifecycle(facts, policy, now)
     for entry in verdict.reached:
@@ -196,7 +195,6 @@ class JournalWitness(ComputeDriver):
 )
 def test_engine_keeps_the_invariants(
     tmp_path_factory: Any,
-    policies: dict[str, Policy],
     inventory: Inventory,
     lives: list[list[dict[str, Any]]],
     ticks: list[int],
@@ -207,7 +205,7 @@ def test_engine_keeps_the_invariants(
     box: list[Orchestrator] = []
     witness = JournalWitness(LibvirtCompute("test:///default"), box)
     orch = Orchestrator(
-        engine, policies, inventory, drivers=lambda *_: witness, sleep=lambda _: None
+        engine, POLICIES, inventory, drivers=lambda *_: witness, sleep=lambda _: None
     )
     box.append(orch)
     with orch.sessions.begin() as session:
