@@ -24,17 +24,27 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from orchestrator.engine import Orchestrator
+from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import parse_events
+from orchestrator.guards import BreakerSettings
 from orchestrator.inventory import load_inventory
-from orchestrator.lifecycle import lifecycle
+from orchestrator.lifecycle import Entry, lifecycle
 from orchestrator.policy import Anchor, Policy, ProductKind, StepKind, load_policies
 from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.store.models import EventRow, StepRow
 
 START, END = date(2026, 11, 25), date(2027, 1, 31)
 DUE = date(2026, 12, 1)
+# Who pays when: before the due date, after the suspension, after termination.
+PAYS_AFTER_DUE = {
+    "on_time": timedelta(days=-2),
+    "late": timedelta(days=6),
+    "very_late": timedelta(days=11),
+}
+STORIES = (*PAYS_AFTER_DUE, "never")
+CLOSED = date(2026, 12, 20)  # never-payers whose policy has a closure ladder close then
 WIB = ZoneInfo("Asia/Jakarta")
+SHOWN_EVENTS = ("invoice.paid", "service.renewed", "deposit.changed", "service.cancelled")
 CHECKED = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
 HOSTS = {
     ProductKind.KVM_VPS: "kvm-jkt-1",
@@ -43,6 +53,9 @@ HOSTS = {
     ProductKind.COLOCATION: "metal-jkt-1",
 }
 console = Console(width=160)
+# A third of the demo's few customers never pay, by design; at the default
+# threshold the breaker would (rightly) stop the mass suspension on 6 December.
+DEMO_BREAKER = BreakerSettings(max_share=0.2, min_count=100)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Customer:
     service: str
     policy: Policy
     product: ProductKind
-    story: str  # "on_time", "late", "never"
+    story: str  # one of STORIES
 
 
 def run_demo(workdir: Path, policies_dir: Path, as_json: bool = False) -> int:
@@ -61,12 +74,11 @@ def run_demo(workdir: Path, policies_dir: Path, as_json: bool = False) -> int:
     events = _scenario(customers)
     console.print(
         f"demo: {len(customers)} services of {len(policies)} policies on libvirt's "
-        "test hypervisor (test:///default); the real lab arrives with issue 3"
+        "test hypervisor (test:///default); the real lab arrives with issue 3. The breaker "
+        f"trips at {DEMO_BREAKER.min_count} destructive steps an hour here: a third of these "
+        "few customers never pay, by design"
     )
-    day = START
-    while day <= END:
-        _live_day(orchestrator, events, day, zone)
-        day += timedelta(days=1)
+    _live(orchestrator, events, zone)
     history = _history(orchestrator)
     mismatches = _check(orchestrator, customers, history)
     _print(history, mismatches, as_json)
@@ -79,7 +91,7 @@ def _fresh_orchestrator(workdir: Path, policies: dict[str, Policy]) -> Orchestra
     engine = open_engine(f"sqlite:///{workdir / 'demo.db'}")
     migrate(engine)
     inventory = load_inventory(Path(__file__).resolve().parents[1] / "inventory" / "lab.yaml")
-    orchestrator = Orchestrator(engine, policies, inventory)
+    orchestrator = Orchestrator(engine, policies, inventory, Settings(breaker=DEMO_BREAKER))
     orchestrator.seed_pools()
     return orchestrator
 
@@ -89,7 +101,7 @@ def _customers(policies: dict[str, Policy]) -> list[Customer]:
         Customer(f"{policy.name}-{product.value}-{story}".replace("_", "-"), policy, product, story)
         for policy in policies.values()
         for product in policy.products
-        for story in ("on_time", "late", "never")
+        for story in STORIES
     ]
 
 
@@ -126,7 +138,7 @@ def _story(customer: Customer) -> list[tuple[date, dict[str, Any]]]:
 
 def _anchor_events(anchors: set[Anchor], story: str) -> list[tuple[date, dict[str, Any]]]:
     events: list[tuple[date, dict[str, Any]]] = []
-    pay_day = DUE - timedelta(days=2) if story == "on_time" else DUE + timedelta(days=6)
+    pay_day = DUE + PAYS_AFTER_DUE.get(story, timedelta(0))
     if Anchor.OLDEST_UNPAID_DUE in anchors:
         events.append(
             (START, {"type": "invoice.issued", "invoice": "inv-dec", "due": DUE.isoformat()})
@@ -137,37 +149,62 @@ def _anchor_events(anchors: set[Anchor], story: str) -> list[tuple[date, dict[st
         events.append((pay_day, {"type": "service.renewed", "until": "2027-12-01"}))
     if Anchor.DEPOSIT_EXHAUSTED in anchors and story != "on_time":
         events.append((DUE, {"type": "deposit.changed", "balance": "0"}))
-        if story == "late":
+        if story != "never":
             events.append((pay_day, {"type": "deposit.changed", "balance": "500000"}))
-    if Anchor.ACCOUNT_CLOSURE in anchors and story == "never" and len(anchors) == 1:
-        events.append((DUE, {"type": "service.cancelled"}))
+    if Anchor.ACCOUNT_CLOSURE in anchors and story == "never":
+        events.append((CLOSED, {"type": "service.cancelled"}))
     return events
 
 
-def _live_day(
-    orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], day: date, zone: Any
-) -> None:
-    orchestrator.apply(datetime.combine(day, time(0, 1), tzinfo=zone), yes=True, actor="demo")
-    todays = events.get(day, [])
-    if todays:
-        moment = datetime.combine(day, time(10), tzinfo=zone)
-        orchestrator.ingest(parse_events(json.dumps(todays)), moment, actor="demo-billing")
-        orchestrator.apply(moment + timedelta(minutes=1), yes=True, actor="demo")
+def _live(orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], zone: Any) -> None:
+    """As the daemon's minutely tick would, but jumping straight to the next moment due."""
+    arrivals = {
+        datetime.combine(day, time(10), tzinfo=zone): batch for day, batch in events.items()
+    }
+    now = datetime.combine(START, time(0), tzinfo=zone)
+    end = datetime.combine(END, time(23, 59), tzinfo=zone)
+    while now <= end:
+        if now in arrivals:
+            orchestrator.ingest(parse_events(json.dumps(arrivals.pop(now))), now, actor="billing")
+        orchestrator.apply(now, yes=True, actor="demo")
+        upcoming = [m for m in (orchestrator.next_due(), min(arrivals, default=None)) if m]
+        if not upcoming:
+            return
+        now = max(min(upcoming), now + timedelta(minutes=1))
 
 
 def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
+    """Billing events (except the set-up) and the steps done, in the order they happened."""
     with orchestrator.sessions() as session:
-        rows = session.scalars(select(StepRow).where(StepRow.state == "done").order_by(StepRow.id))
-        return [
-            {
-                "day": _local_day(row.started_at or row.created_at),
-                "service": row.service_id,
-                "action": row.kind,
-                "why": json.loads(row.params).get("why", ""),
-                "method": json.loads(row.params).get("method"),
-            }
-            for row in rows
-        ]
+        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
+        rows = [_step_line(row) for row in steps]
+        billing = session.scalars(select(EventRow).where(EventRow.type.in_(SHOWN_EVENTS)))
+        rows += [_event_line(row) for row in billing]
+    return sorted(rows, key=lambda r: (r["at"], r["service"]))
+
+
+def _step_line(row: StepRow) -> dict[str, Any]:
+    params = json.loads(row.params)
+    at = row.started_at or row.created_at
+    return {
+        "at": at.isoformat(),
+        "day": _local_day(at),
+        "service": row.service_id,
+        "action": row.kind,
+        "why": params.get("why", ""),
+        "method": params.get("method"),
+    }
+
+
+def _event_line(row: EventRow) -> dict[str, Any]:
+    return {
+        "at": row.occurred_at.isoformat(),
+        "day": _local_day(row.occurred_at),
+        "service": row.service_id,
+        "action": f"billing: {row.type}",
+        "why": "",
+        "method": None,
+    }
 
 
 def _local_day(moment: datetime) -> str:
@@ -182,14 +219,17 @@ def _check(
     for customer in (c for c in customers if c.story == "never"):
         end = datetime.combine(END, time(23), tzinfo=customer.policy.zone)
         verdict = lifecycle(orchestrator.facts(customer.service), customer.policy, end)
-        for entry in verdict.timeline:
+        first: dict[StepKind, Entry] = {}
+        for entry in verdict.timeline:  # sorted: the first of a kind is when it must happen
             if entry.step in CHECKED and entry.at <= end:
-                done = _days_done(history, customer.service, entry.step)
-                if entry.at.date().isoformat() not in done:
-                    problems.append(
-                        f"{customer.service}: {entry.step} expected {entry.at.date()} "
-                        f"({entry.clause}); journal has {done}"
-                    )
+                first.setdefault(entry.step, entry)
+        for step, entry in first.items():
+            done = _days_done(history, customer.service, step)
+            if entry.at.date().isoformat() not in done:
+                problems.append(
+                    f"{customer.service}: {step} expected {entry.at.date()} "
+                    f"({entry.clause}); journal has {done}"
+                )
     return problems
 
 
@@ -208,6 +248,7 @@ def _print(history: list[dict[str, Any]], problems: list[str], as_json: bool) ->
         step = f"{h['action']} ({h['method']})" if h["method"] else h["action"]
         table.add_row(h["day"], h["service"], step, h["why"])
     console.print(table)
+    console.print(_summary(history))
     for problem in problems:
         console.print(f"[red]MISMATCH[/red] {problem}", highlight=False)
     if not problems:
@@ -215,6 +256,20 @@ def _print(history: list[dict[str, Any]], problems: list[str], as_json: bool) ->
             "every never-paying customer's suspend, reclaim, terminate and purge days "
             "match its policy's timeline and clause"
         )
+
+
+def _summary(history: list[dict[str, Any]]) -> Table:
+    """The never-paying customers' ladders side by side, one row each."""
+    table = Table(title="never-paying customers: the day each step ran")
+    table.add_column("service")
+    for step in CHECKED:
+        table.add_column(step.value)
+    services = dict.fromkeys(h["service"] for h in history if h["service"].endswith("-never"))
+    for service in sorted(services):
+        table.add_row(
+            service, *(", ".join(_days_done(history, service, s)) or "-" for s in CHECKED)
+        )
+    return table
 
 
 __all__ = ["run_demo"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import ComputeDriver, DriverError, Observed, Power, ServiceRef, load_compute
@@ -241,6 +241,11 @@ class Orchestrator:
         """Services whose next transition has come: an indexed range read."""
         query = select(ServiceRow.id).where(ServiceRow.next_at <= now).order_by(ServiceRow.next_at)
         return list(session.scalars(query))
+
+    def next_due(self) -> datetime | None:
+        """When the earliest service next needs attention."""
+        with self.sessions() as session:
+            return session.scalar(select(func.min(ServiceRow.next_at)))
 
     def apply(self, now: datetime, yes: bool = False, actor: str = "scheduler") -> ApplyReport:
         """Reconcile every due service against its real state, then run the journal."""

@@ -34,8 +34,7 @@ from orchestrator.store.models import EventRow, StepRow
 from tests.conftest import REPO, WIB
 
 START = datetime(2026, 11, 1, tzinfo=WIB)
-PROFILES = ["klikserver"]
-PRODUCTS = ["kvm_vps", "proxmox_vps", "dedicated", "colocation"]
+PROFILES = ["klikserver", "cybernet", "herza", "cbncloud", "cloudmatika"]
 POLICIES = load_policies(REPO / "inventory" / "policies")
 
 
@@ -47,7 +46,7 @@ def _at(hours: int) -> str:
 def histories(draw: st.DrawFn, service: str = "s1") -> list[dict[str, Any]]:
     """A service's billing life: invoices, payments, renewals, deposits, holds, abuse."""
     policy = draw(st.sampled_from(PROFILES))
-    product = draw(st.sampled_from(PRODUCTS))
+    product = draw(st.sampled_from(sorted(POLICIES[policy].products)))
     items: list[dict[str, Any]] = [
         {
             "type": "service.created",
