@@ -49,7 +49,7 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON")]
 AtOption = Annotated[str | None, typer.Option("--at", help="a date or ISO time; default now")]
