@@ -253,14 +253,16 @@ class Orchestrator:
         with self.sessions() as session:
             due = self.due(now, session)
         for service_id in due:
-            report.planned += self._journal_service(service_id, now, report)
+            report.planned += self._journal_service(service_id, now, report, actor)
         runnable = self._admit(now, yes)
         report.steps = self._executor(now, yes).run(runnable, now)
         for service_id in dict.fromkeys([*due, *(s.service_id for s in runnable)]):
             self._settle(service_id, now)
         return report
 
-    def _journal_service(self, service_id: str, now: datetime, report: ApplyReport) -> int:
+    def _journal_service(
+        self, service_id: str, now: datetime, report: ApplyReport, actor: str = "scheduler"
+    ) -> int:
         facts = self.facts(service_id)
         verdict = self.verdict(facts, now)
         try:
@@ -273,7 +275,11 @@ class Orchestrator:
                 observed, ipam.held_by(session, service_id), journal.purged(session, service_id)
             )
             specs = reconcile(service_id, verdict, current, facts.revision)
-            return len(journal.enqueue(session, specs, facts.host, now))
+            rows = journal.enqueue(session, specs, facts.host, now)
+            if rows:
+                detail = {"steps": [r.kind for r in rows], "phase": verdict.phase.value}
+                audit.append(session, now, actor, "steps.journaled", service_id, detail)
+            return len(rows)
 
     def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
         """The runnable steps; destructive ones only if the breaker lets this many through."""
@@ -355,7 +361,7 @@ def _event_row(event: Event, now: datetime) -> EventRow:
         type=event.type,
         occurred_at=event.at,
         received_at=now,
-        body=event.model_dump_json(),
+        body=event.received,
     )
 
 

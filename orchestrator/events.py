@@ -14,7 +14,15 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from orchestrator.policy import ProductKind, ReasonOwner
 
@@ -120,14 +128,22 @@ Payload = Annotated[
 
 
 class Event(Strict):
+    """One billing event; ``received`` keeps the sender's own JSON of it, to store as is."""
+
     id: str = Field(min_length=1, max_length=200)
     service: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     at: AwareDatetime
     data: Payload
 
+    _received: str | None = PrivateAttr(None)
+
     @property
     def type(self) -> str:
         return self.data.type
+
+    @property
+    def received(self) -> str:
+        return self._received or self.model_dump_json()
 
 
 class EventError(ValueError):
@@ -145,9 +161,12 @@ def parse_events(raw: str | bytes) -> list[Event]:
         parsed = _json_lines(raw)
     items: list[Any] = parsed if isinstance(parsed, list) else [parsed]
     try:
-        return _EVENTS.validate_python(items)
+        events = _EVENTS.validate_python(items)
     except ValidationError as exc:
         raise EventError(_describe(exc)) from None
+    for event, item in zip(events, items, strict=True):
+        event._received = json.dumps(item, ensure_ascii=False)
+    return events
 
 
 def _json_lines(raw: str | bytes) -> list[Any]:

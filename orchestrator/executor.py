@@ -86,6 +86,8 @@ class Executor:
             stopped = self._guard(session, step)
             if stopped is not None:
                 journal.mark(session, [step.id], *stopped)
+                if stopped[0] != step.state:
+                    self._audit(session, step, stopped[0], now, {"why": stopped[1]})
                 return self._report(step, *stopped)
             if not journal.claim(session, step.id, step.state, now):
                 return self._report(step, "skipped", "claimed by another executor")
