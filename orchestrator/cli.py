@@ -279,7 +279,7 @@ def _explain_render(data: dict[str, Any]) -> None:
         f"[bold]{data['phase']}[/bold]; next change {data['next_transition'] or 'none'}"
     )
     for reason in data["reasons"]:
-        out.print(f"  reason [{reason['owner']}] {reason['detail']}", highlight=False)
+        out.print(f"  reason [{reason['owner']}] {reason['detail']}", highlight=False, markup=False)
     if data["undo"]:
         out.print(f"  paid: undo {'; '.join(data['undo'])}", highlight=False)
     table = Table()
@@ -313,7 +313,7 @@ def services_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
                 "host": r.host,
                 "phase": r.phase,
                 "applied": r.applied_phase,
-                "next_at": r.next_at.isoformat() if r.next_at else None,
+                "next_at": r.next_at.astimezone(operator_zone()).isoformat() if r.next_at else None,
             }
             for r in session.query(ServiceRow).order_by(ServiceRow.id)
         ]

@@ -1,8 +1,9 @@
-"""The demo: two months of a few customers of each of the five policies.
+"""The demo: ten weeks of a few customers of each of the five policies.
 
-For every policy and product it sells, three customers: one who pays on
-time, one who pays late (after the suspension), and one who never pays.
-A simulated clock ticks through December 2026 and January 2027; billing
+For every policy and product it sells, four customers: one who pays on
+time, one who pays after the suspension, one who pays after termination
+(days 6 and 11 after the due date), and one who never pays.
+A simulated clock ticks from late November 2026 into February 2027; billing
 events arrive on their days, and ``apply`` runs the due steps on libvirt's
 test hypervisor. The history printed at the end is read back from the
 journal, and each never-paying customer's suspend, reclaim, terminate and
@@ -33,7 +34,9 @@ from orchestrator.policy import Anchor, Policy, ProductKind, StepKind, load_poli
 from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import EventRow, StepRow
 
-START, END = date(2026, 11, 25), date(2027, 1, 31)
+# Ten weeks: December and January, and far enough into February for the
+# latest purge of the five policies (Cloudmatika, 66 days after the due date).
+START, END = date(2026, 11, 25), date(2027, 2, 7)
 DUE = date(2026, 12, 1)
 # Who pays when: before the due date, after the suspension, after termination.
 PAYS_AFTER_DUE = {
@@ -266,8 +269,9 @@ def _summary(history: list[dict[str, Any]]) -> Table:
         table.add_column(step.value)
     services = dict.fromkeys(h["service"] for h in history if h["service"].endswith("-never"))
     for service in sorted(services):
+        blank = "never (colocation)" if "-colocation-" in service else "-"
         table.add_row(
-            service, *(", ".join(_days_done(history, service, s)) or "-" for s in CHECKED)
+            service, *(", ".join(_days_done(history, service, s)) or blank for s in CHECKED)
         )
     return table
 

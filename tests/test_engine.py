@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
-from drivers.base import Outcome, PermanentError, ServiceRef, TemporaryError
+from drivers.base import MachineSpec, Outcome, PermanentError, ServiceRef, TemporaryError
 from drivers.libvirt_compute import LibvirtCompute
 from orchestrator import ipam
 from orchestrator.cli import app
@@ -356,3 +358,41 @@ def test_audit_verify_cli(tmp_path: Any, sid: str) -> None:
         connection.execute("UPDATE audit SET actor = 'mallory'")
     result = runner.invoke(app, ["--db", db, "audit", "verify", "--json"])
     assert result.exit_code == 1 and json.loads(result.output)["ok"] is False
+
+
+class Crowded(LibvirtCompute):
+    """The real driver, counting how many creates run at once."""
+
+    def __init__(self) -> None:
+        super().__init__("test:///default")
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def create(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)  # long enough for the other workers to pile in
+        try:
+            return super().create(ref, spec)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_no_host_runs_more_than_its_limit(
+    sqlite_engine: Engine,
+    policies: dict[str, Policy],
+    inventory: Inventory,
+    virt: libvirt.virConnect,
+) -> None:
+    driver = Crowded()
+    orch = _with_driver(sqlite_engine, policies, inventory, driver)
+    run = uuid.uuid4().hex[:6]
+    ids = [f"c{run}{n}" for n in range(6)]
+    orch.ingest(events(*(created(s) for s in ids)), wib(2026, 11, 20))
+    report = orch.apply(wib(2026, 11, 20, 0, 1))
+    assert sum(1 for s in report.steps if s.kind == "create" and s.state == "done") == 6
+    limit = inventory.hosts()["kvm-jkt-1"].max_concurrent
+    assert driver.most == limit  # parallel, and never over the host's limit
+    assert all(state_of(virt, s) == "running" for s in ids)
