@@ -24,11 +24,11 @@ from drivers.libvirt_compute import LibvirtCompute
 from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, parse_events
 from orchestrator.facts import derive_facts
-from orchestrator.guards import still_warranted
+from orchestrator.guards import covering_hold, still_warranted
 from orchestrator.inventory import Inventory
 from orchestrator.lifecycle import lifecycle
 from orchestrator.policy import StepKind, load_policies
-from orchestrator.reconcile import Current, reconcile
+from orchestrator.reconcile import Action, Current, reconcile
 from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import EventRow, StepRow
 from tests.conftest import REPO, WIB
@@ -228,7 +228,7 @@ def test_engine_keeps_the_invariants(
             orch.ingest(parse_events(json.dumps(due)), now)
         orch.apply(now, yes=True)
         _check_addresses(orch)
-    _check_good_standing(orch, now)
+    _check_destructive_steps(orch, now)
 
 
 def _check_addresses(orch: Orchestrator) -> None:
@@ -260,7 +260,7 @@ def _check_addresses(orch: Orchestrator) -> None:
             holder[address] = row.service_id
 
 
-def _check_good_standing(orch: Orchestrator, now: datetime) -> None:
+def _check_destructive_steps(orch: Orchestrator, now: datetime) -> None:
     """Each destructive step, judged on the facts known when it started, was warranted."""
     with orch.sessions() as session:
         rows = session.scalars(
@@ -278,3 +278,10 @@ def _check_good_standing(orch: Orchestrator, now: datetime) -> None:
             facts = derive_facts(row.service_id, (Event.model_validate_json(e.body) for e in known))
             verdict = orch.verdict(facts, row.started_at)
             assert not verdict.good_standing, (row.kind, row.service_id, row.started_at)
+            if row.kind == "purge":  # invariant 2: no purge under a hold, none before its day
+                assert (
+                    covering_hold(Action.PURGE, facts, POLICIES[facts.policy], row.started_at)
+                    is None
+                )
+                purge_days = [e.at for e in verdict.reached if e.step == StepKind.PURGE]
+                assert purge_days and min(purge_days) <= row.started_at
