@@ -53,6 +53,11 @@ def volume_exists(virt: libvirt.virConnect, service: str) -> bool:
     return f"svc-{service}.img" in pool.listVolumes()
 
 
+def unpaid_from_december(orch: Orchestrator, service: str) -> None:
+    """A Klikserver VPS whose invoice falls due on 1 December and is not paid."""
+    orch.ingest(events(created(service), invoice(service, "2026-12-01")), wib(2026, 11, 20))
+
+
 @pytest.fixture
 def sid() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
@@ -69,7 +74,7 @@ def _steps(orch: Orchestrator, service: str) -> list[tuple[str, str]]:
 def test_klikserver_vps_lives_through_the_ladder(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 11, 20, 0, 1))
     assert state_of(virt, sid) == "running"
     with orchestrator.sessions() as session:
@@ -98,7 +103,7 @@ def test_klikserver_vps_lives_through_the_ladder(
 def test_payment_undoes_the_suspension(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 6, 0, 1))
     assert state_of(virt, sid) == "paused"
     orchestrator.ingest(events(paid(sid, "2026-12-06T10:00:00+07:00")), wib(2026, 12, 6, 10))
@@ -110,7 +115,7 @@ def test_payment_undoes_the_suspension(
 def test_payment_after_termination_restores_the_archive_and_the_same_ip(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 11, 20, 0, 1))
     first = _addresses(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 9, 0, 1))
@@ -129,7 +134,7 @@ def _addresses(orch: Orchestrator, service: str) -> tuple[str, ...]:
 def test_legal_hold_keeps_the_data(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 11, 20, 0, 1))
     orchestrator.apply(wib(2026, 12, 9, 0, 1))
     assert state_of(virt, sid) == "absent" and volume_exists(virt, sid)
@@ -156,7 +161,7 @@ def test_legal_hold_keeps_the_data(
 def test_a_step_whose_billing_changed_is_cancelled(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 5))
     orchestrator._journal_service(sid, wib(2026, 12, 6, 0, 1), ApplyReport())
     assert ("suspend", "pending") in _steps(orchestrator, sid)
@@ -169,7 +174,7 @@ def test_a_step_whose_billing_changed_is_cancelled(
 def test_a_step_left_running_by_a_crash_completes_once(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:
-    orchestrator.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 5))
     orchestrator._journal_service(sid, wib(2026, 12, 6, 0, 1), ApplyReport())
     with orchestrator.sessions.begin() as session:  # the process died after claiming the step
@@ -232,7 +237,7 @@ def test_retries_follow_the_error_type(
 ) -> None:
     driver = Flaky(failures, error)
     orch = _with_driver(sqlite_engine, policies, inventory, driver)
-    orch.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    unpaid_from_december(orch, sid)
     orch.apply(wib(2026, 12, 6, 0, 1))
     assert ("suspend", state) in _steps(orch, sid)
     assert state_of(virt, sid) == ("paused" if state == "done" else "running")
