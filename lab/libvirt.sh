@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The lab's hypervisor: a real libvirtd with QEMU on this machine.
+#
+#   bash lab/libvirt.sh up      install what is missing, start virtlogd and
+#                               libvirtd, build the guest, define the pool
+#                               and the network; idempotent
+#   bash lab/libvirt.sh down    remove the lab's guests, pool and network,
+#                               stop the daemons
+#   bash lab/libvirt.sh status  say what runs, and KVM or TCG
+#
+# KVM is used only when a guest really boots under it (a /dev/kvm that
+# exists but hangs nested guests is common on shared machines); otherwise
+# TCG (<domain type='qemu'>). The choice and its reason are written to
+# $LAB_DIR/accel for the tests, benchmarks and the demo.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export LAB_DIR=${LAB_DIR:-/var/lib/orchestrator-lab}
+uri=qemu:///system
+pool=orchestrator-lab
+network=orchestrator-lab
+virsh=(virsh -q -c "$uri")
+
+install_packages() {
+  local wanted=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+                qemu-utils busybox-static linux-image-amd64 cpio kmod iptables ebtables)
+  local missing=()
+  for package in "${wanted[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "lab: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+create_users_and_dirs() {
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  getent group kvm >/dev/null || groupadd --system kvm
+  getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home \
+    --home-dir /var/lib/libvirt --gid libvirt-qemu --groups kvm --shell /usr/sbin/nologin libvirt-qemu
+  mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu /var/cache/libvirt/qemu /run/libvirt \
+    "$LAB_DIR/pool" "$LAB_DIR/images" "$LAB_DIR/console"
+}
+
+start_daemons() {
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  # libvirtd makes its firewall chains at start: one started before
+  # iptables was installed must start again.
+  if pgrep -x libvirtd >/dev/null && ! iptables -w -n -L LIBVIRT_INP >/dev/null 2>&1; then
+    pkill -x libvirtd
+    while pgrep -x libvirtd >/dev/null; do sleep 0.1; done
+  fi
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  for _ in $(seq 1 50); do
+    "${virsh[@]}" version >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "lab: libvirtd did not answer on $uri" >&2
+  return 1
+}
+
+define_pool() {
+  if ! "${virsh[@]}" pool-info "$pool" >/dev/null 2>&1; then
+    "${virsh[@]}" pool-define-as "$pool" dir --target "$LAB_DIR/pool" >/dev/null
+    "${virsh[@]}" pool-autostart "$pool" >/dev/null
+  fi
+  [[ $("${virsh[@]}" pool-info "$pool") == *running* ]] || "${virsh[@]}" pool-start "$pool" >/dev/null
+  "${virsh[@]}" pool-refresh "$pool" >/dev/null
+  if ! "${virsh[@]}" vol-info --pool "$pool" lab-base.img >/dev/null 2>&1; then
+    "${virsh[@]}" vol-create-as "$pool" lab-base.img 64M --format raw >/dev/null
+  fi
+}
+
+define_network() {
+  # An isolated bridge with no addresses of its own: no dnsmasq, no NAT,
+  # nothing leaves this machine.
+  if ! "${virsh[@]}" net-info "$network" >/dev/null 2>&1; then
+    local xml
+    xml=$(mktemp)
+    printf "<network><name>%s</name><bridge name='virbr-olab' stp='off'/></network>" "$network" > "$xml"
+    "${virsh[@]}" net-define "$xml" >/dev/null
+    rm -f "$xml"
+  fi
+  [[ $("${virsh[@]}" net-info "$network") =~ Active:\ +yes ]] || "${virsh[@]}" net-start "$network" >/dev/null
+}
+
+probe_accel() {
+  [ -s "$LAB_DIR/accel" ] && return 0
+  local reason="no /dev/kvm"
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    if timeout 25 qemu-system-x86_64 -accel kvm -cpu host -m 128 -nographic -no-reboot \
+        -kernel "$LAB_DIR/images/vmlinuz" -initrd "$LAB_DIR/images/initrd.img" \
+        -append "console=ttyS0 panic=-1" 2>/dev/null | grep -aq LAB-GUEST-UP; then
+      echo "kvm /dev/kvm boots the lab guest" > "$LAB_DIR/accel"
+      return 0
+    fi
+    reason="/dev/kvm exists but a guest did not boot under it within 25 s"
+  fi
+  echo "qemu $reason: using TCG" > "$LAB_DIR/accel"
+}
+
+up() {
+  install_packages
+  create_users_and_dirs
+  start_daemons
+  bash "$here/build-guest.sh"
+  probe_accel
+  define_pool
+  define_network
+  status
+}
+
+down() {
+  if "${virsh[@]}" version >/dev/null 2>&1; then
+    for domain in $("${virsh[@]}" list --all --name | grep '^svc-' || true); do
+      "${virsh[@]}" destroy "$domain" >/dev/null 2>&1 || true
+      "${virsh[@]}" undefine "$domain" --nvram --snapshots-metadata >/dev/null 2>&1 || true
+    done
+    "${virsh[@]}" net-destroy "$network" >/dev/null 2>&1 || true
+    "${virsh[@]}" net-undefine "$network" >/dev/null 2>&1 || true
+    "${virsh[@]}" pool-destroy "$pool" >/dev/null 2>&1 || true
+    "${virsh[@]}" pool-undefine "$pool" >/dev/null 2>&1 || true
+  fi
+  pkill -x libvirtd || true
+  pkill -x virtlogd || true
+  rm -rf "$LAB_DIR/pool" "$LAB_DIR/console"
+  echo "lab: down"
+}
+
+status() {
+  if "${virsh[@]}" version >/dev/null 2>&1; then
+    echo "lab: libvirtd up at $uri; pool $pool, network $network; accel: $(cat "$LAB_DIR/accel" 2>/dev/null || echo unknown)"
+  else
+    echo "lab: libvirtd is not running"
+    return 1
+  fi
+}
+
+case "${1:-status}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
