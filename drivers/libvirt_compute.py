@@ -1,26 +1,31 @@
 """Compute driver for libvirt: KVM/QEMU guests, or libvirt's built-in test hypervisor.
 
 A service's machine is a domain named ``svc-<service id>`` with one disk, a
-volume ``svc-<service id>.img`` in a storage pool. Terminating removes the
-domain and keeps the volume (the archive); purging destroys the volume.
+volume in a storage pool: a copy-on-write qcow2 overlay of ``base_volume``
+when one is given (the lab), else a raw volume. Terminating removes the
+domain and keeps the volume (the archive); purging overwrites the volume
+with zeros, reads samples back across it to prove it, and deletes it.
 
 Against ``test:///default`` (in-memory, per process) two things cannot be
 done for real, and the driver says so rather than pretend: volumes cannot be
-wiped (the purge deletes and verifies absence, and its evidence says
+wiped (the purge deletes, verifies absence, and its evidence says
 ``delete-only``), and interface link state cannot change (a network cut is
-recorded in the domain's metadata, which ``inspect`` reads back). On
-qemu:///system both are real.
+recorded in the domain's metadata only). On qemu:///system both are real.
 
-libvirt's errors cross into ours in one place, ``_translated``.
+libvirt's errors cross into ours in one place, ``_translated``; a call that
+fails because the connection died is temporary, whatever code libvirt gave.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -46,7 +51,6 @@ TEMPORARY_CODES = {
     libvirt.VIR_ERR_OPERATION_TIMEOUT,
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
 }
-UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT}
 STATES = {
     libvirt.VIR_DOMAIN_RUNNING: Power.RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: Power.RUNNING,
@@ -56,6 +60,7 @@ STATES = {
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
+SAMPLE_BYTES = 4096
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed
 
 
@@ -71,11 +76,20 @@ def _translated(action: str) -> Iterator[None]:
     except libvirt.libvirtError as exc:
         code = exc.get_error_code()
         message = _without_credentials(f"{action}: {exc.get_error_message()}")
-        if code in UNSUPPORTED_CODES:
+        if code == libvirt.VIR_ERR_NO_SUPPORT:
             raise Unsupported(message) from exc
         if code in TEMPORARY_CODES:
             raise TemporaryError(message, delay=10.0) from exc
         raise PermanentError(message) from exc
+
+
+@dataclass(frozen=True)
+class Boot:
+    """Direct kernel boot, for lab guests that carry no boot loader."""
+
+    kernel: str
+    initrd: str
+    cmdline: str = "console=ttyS0"
 
 
 class LibvirtCompute(ComputeDriver):
@@ -84,9 +98,18 @@ class LibvirtCompute(ComputeDriver):
         uri: str = "test:///default",
         pool: str = "default-pool",
         domain_type: str | None = None,
+        base_volume: str | None = None,
+        network: str = "default",
+        boot: dict[str, str] | None = None,
+        console_dir: str | None = None,
+        shutdown_timeout: float = 60.0,
+        domain_type_from: str | None = None,
     ) -> None:
-        self.uri, self.pool_name = uri, pool
-        self.domain_type = domain_type or ("test" if uri.startswith("test:") else "kvm")
+        self.uri, self.pool_name, self.network = uri, pool, network
+        self.domain_type = domain_type or _domain_type(uri, domain_type_from)
+        self.base_volume, self.console_dir = base_volume, console_dir
+        self.boot = Boot(**boot) if boot else None
+        self.shutdown_timeout = shutdown_timeout
         self._connection: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(5)  # libvirtd serves 5 calls per client
@@ -101,6 +124,10 @@ class LibvirtCompute(ComputeDriver):
                 Capability.PURGE,
             }
         )
+
+    @property
+    def is_test(self) -> bool:
+        return self.domain_type == "test"
 
     # -- connection ----------------------------------------------------------
 
@@ -122,10 +149,21 @@ class LibvirtCompute(ComputeDriver):
 
     @contextmanager
     def _call(self, action: str) -> Iterator[libvirt.virConnect]:
-        with self._calls, _translated(action):
-            yield self._conn()
+        """A bounded call on a live connection; a dead connection makes any failure temporary."""
+        with self._calls:
+            connection = self._conn()
+            try:
+                with _translated(action):
+                    yield connection
+            except PermanentError as exc:
+                if self._alive(connection):
+                    raise
+                raise TemporaryError(f"{exc} (connection lost)", delay=5.0) from exc
 
     # -- reading -------------------------------------------------------------
+
+    def _volume_name(self, ref: ServiceRef) -> str:
+        return f"{ref.name}.qcow2" if self.base_volume else f"{ref.name}.img"
 
     def _domain(self, conn: libvirt.virConnect, ref: ServiceRef) -> libvirt.virDomain | None:
         try:
@@ -136,11 +174,14 @@ class LibvirtCompute(ComputeDriver):
             raise
 
     def _volume(self, conn: libvirt.virConnect, ref: ServiceRef) -> libvirt.virStorageVol | None:
+        """Looked up by name, not by refreshing the pool, which fails while a volume is built."""
         pool = conn.storagePoolLookupByName(self.pool_name)
-        pool.refresh(0)
-        if f"{ref.name}.img" not in pool.listVolumes():
-            return None
-        return pool.storageVolLookupByName(f"{ref.name}.img")
+        try:
+            return pool.storageVolLookupByName(self._volume_name(ref))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
 
     def inspect(self, ref: ServiceRef) -> Observed:
         with self._call(f"inspect {ref.name}") as conn:
@@ -167,36 +208,65 @@ class LibvirtCompute(ComputeDriver):
         if self._volume(conn, ref) is not None:
             return False
         pool = conn.storagePoolLookupByName(self.pool_name)
-        pool.createXML(
-            f"<volume><name>{ref.name}.img</name><capacity unit='GiB'>{spec.disk_gib}</capacity>"
-            "<target><format type='raw'/></target></volume>",
-            0,
-        )
+        pool.createXML(self._volume_xml(pool, ref, spec), 0)
         return True
+
+    def _volume_xml(self, pool: libvirt.virStoragePool, ref: ServiceRef, spec: MachineSpec) -> str:
+        name, size = (
+            escape(self._volume_name(ref)),
+            f"<capacity unit='GiB'>{spec.disk_gib}</capacity>",
+        )
+        if not self.base_volume:
+            return (
+                f"<volume><name>{name}</name>{size}<target><format type='raw'/></target></volume>"
+            )
+        base = pool.storageVolLookupByName(self.base_volume).path()
+        return (
+            f"<volume><name>{name}</name>{size}<target><format type='qcow2'/></target>"
+            f"<backingStore><path>{escape(base)}</path><format type='raw'/></backingStore></volume>"
+        )
 
     def _domain_xml(self, conn: libvirt.virConnect, ref: ServiceRef, spec: MachineSpec) -> str:
         volume = self._volume(conn, ref)
-        assert volume is not None
+        if volume is None:
+            raise PermanentError(f"{ref.name} has no volume to boot from")
+        disk_format = "qcow2" if self.base_volume else "raw"
         return (
             f"<domain type='{self.domain_type}'><name>{ref.name}</name>"
             f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
-            f"<metadata><o:service xmlns:o='{NETWORK_NS}'>{ref.service_id}</o:service></metadata>"
-            "<os><type>hvm</type></os><devices>"
-            f"<disk type='file' device='disk'><source file='{volume.path()}'/>"
-            "<target dev='vda' bus='virtio'/></disk>"
-            "<interface type='network'><source network='default'/></interface>"
-            "</devices></domain>"
+            f"<metadata><o:service xmlns:o='{NETWORK_NS}'>{escape(ref.service_id)}</o:service>"
+            f"</metadata>{self._os_xml(ref)}<on_poweroff>destroy</on_poweroff><devices>"
+            f"<disk type='file' device='disk'><driver name='qemu' type='{disk_format}'/>"
+            f"<source file='{escape(volume.path())}'/><target dev='vda' bus='virtio'/></disk>"
+            f"<interface type='network'><source network='{escape(self.network)}'/>"
+            "<model type='virtio'/></interface>"
+            f"{self._console_xml(ref)}</devices></domain>"
         )
 
+    def _os_xml(self, ref: ServiceRef) -> str:
+        if self.boot is None:
+            return "<os><type>hvm</type><boot dev='hd'/></os>"
+        cmdline = escape(f"{self.boot.cmdline} lab.marker={ref.name}")
+        return (
+            f"<os><type arch='x86_64'>hvm</type><kernel>{escape(self.boot.kernel)}</kernel>"
+            f"<initrd>{escape(self.boot.initrd)}</initrd><cmdline>{cmdline}</cmdline></os>"
+        )
+
+    def _console_xml(self, ref: ServiceRef) -> str:
+        if self.is_test or self.console_dir is None:
+            return ""
+        path = escape(f"{self.console_dir}/{ref.name}.log")
+        return f"<serial type='file'><source path='{path}' append='on'/><target port='0'/></serial>"
+
     def suspend(self, ref: ServiceRef, method: str) -> Outcome:
-        action = {"pause": _pause, "shutdown": _shut_down, "cut_network": self._cut}.get(method)
-        if action is None:
+        actions = {"pause": _pause, "shutdown": self._shut_down, "cut_network": self._cut}
+        if method not in actions:
             raise Unsupported(f"libvirt cannot suspend by {method!r}")
         with self._call(f"suspend {ref.name} by {method}") as conn:
             domain = self._domain(conn, ref)
             if domain is None:
                 raise PermanentError(f"{ref.name} does not exist: nothing to suspend")
-            changed = action(domain)
+            changed = actions[method](domain)
             return Outcome(changed, self._observe(conn, ref), f"suspended by {method}")
 
     def resume(self, ref: ServiceRef) -> Outcome:
@@ -205,8 +275,7 @@ class LibvirtCompute(ComputeDriver):
             if domain is None:
                 raise PermanentError(f"{ref.name} does not exist: restore it first")
             changed = self._restore_network(domain)
-            state = domain.state()[0]
-            if state == libvirt.VIR_DOMAIN_PAUSED:
+            if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 domain.resume()
                 changed = True
             changed |= _start(domain)
@@ -219,9 +288,8 @@ class LibvirtCompute(ComputeDriver):
                 if domain.isActive():
                     domain.destroy()
                 _undefine(domain)
-            return Outcome(
-                domain is not None, self._observe(conn, ref), "domain removed, volume kept"
-            )
+            detail = "domain removed, volume kept"
+            return Outcome(domain is not None, self._observe(conn, ref), detail)
 
     def restore(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
         with self._call(f"restore {ref.name}") as conn:
@@ -237,26 +305,49 @@ class LibvirtCompute(ComputeDriver):
             volume = self._volume(conn, ref)
             evidence: dict[str, Any] = {"method": "none: already absent", "bytes": 0}
             if volume is not None:
-                evidence = self._destroy_volume(volume)
+                evidence = self._destroy_volume(conn, volume)
             seen = self._observe(conn, ref)
             evidence["verified_absent"] = not seen.data_present and seen.power == Power.ABSENT
             if not evidence["verified_absent"]:
                 raise PermanentError(f"purge of {ref.name} left data behind")
             return Outcome(volume is not None, seen, "volume destroyed", evidence)
 
-    def _destroy_volume(self, volume: libvirt.virStorageVol) -> dict[str, Any]:
-        size = volume.info()[1]
-        method = "wipe:zero"
-        try:
-            volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or self.domain_type != "test":
-                raise
-            method = "delete-only: the test hypervisor cannot wipe"
+    def _destroy_volume(
+        self, conn: libvirt.virConnect, volume: libvirt.virStorageVol
+    ) -> dict[str, Any]:
+        """Overwrite with zeros, prove it by samples, then delete."""
+        if self.is_test:
+            size = volume.info()[1]
+            volume.delete(0)
+            return {"method": "delete-only: the test hypervisor cannot wipe", "bytes": size}
+        size = volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
+        dirty = [offset for offset in _sample_offsets(size) if any(_read(conn, volume, offset))]
+        if dirty:
+            raise PermanentError(f"wipe of {volume.name()} not verified: data at {dirty[:4]}")
         volume.delete(0)
-        return {"method": method, "bytes": size}
+        samples = len(_sample_offsets(size))
+        return {
+            "method": "wipe:zero",
+            "bytes": size,
+            "samples": samples,
+            "sample_bytes": SAMPLE_BYTES,
+            "nonzero_samples": 0,
+        }
 
-    # -- the network cut -----------------------------------------------------
+    # -- stopping and the network cut ------------------------------------------
+
+    def _shut_down(self, domain: libvirt.virDomain) -> bool:
+        """Graceful first; a guest that ignores it for ``shutdown_timeout`` is stopped hard."""
+        if not domain.isActive():
+            return False
+        domain.shutdown()
+        deadline = time.monotonic() + self.shutdown_timeout
+        while domain.isActive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if domain.isActive():
+            domain.destroy()
+        return True
 
     def _cut(self, domain: libvirt.virDomain) -> bool:
         if _network_cut(domain):
@@ -272,7 +363,7 @@ class LibvirtCompute(ComputeDriver):
 
     def _set_link(self, domain: libvirt.virDomain, state: str) -> None:
         """The link itself where the hypervisor can; the record of it always."""
-        if self.domain_type != "test":
+        if not self.is_test and domain.isActive():
             for interface in re.findall(r"<interface .*?</interface>", domain.XMLDesc(), re.S):
                 changed = re.sub(r"<link state='\w+'/>", "", interface)
                 changed = changed.replace("</interface>", f"<link state='{state}'/></interface>")
@@ -283,6 +374,36 @@ class LibvirtCompute(ComputeDriver):
         domain.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<link state='{state}'/>", "o", NETWORK_NS, flags
         )
+
+
+def _domain_type(uri: str, verdict_file: str | None) -> str:
+    """test for the test hypervisor; else kvm, unless a lab's probe said otherwise."""
+    if uri.startswith("test:"):
+        return "test"
+    if verdict_file is None:
+        return "kvm"
+    try:
+        with open(verdict_file) as verdict:
+            return verdict.read().split()[0]
+    except (OSError, IndexError) as exc:
+        raise PermanentError(f"cannot read the lab's accelerator from {verdict_file}") from exc
+
+
+def _sample_offsets(size: int, count: int = 16) -> list[int]:
+    """Evenly spread across the volume, first and last block included."""
+    last = max(size - SAMPLE_BYTES, 0)
+    return sorted({last * n // (count - 1) for n in range(count)})
+
+
+def _read(conn: libvirt.virConnect, volume: libvirt.virStorageVol, offset: int) -> bytes:
+    stream = conn.newStream(0)
+    volume.download(stream, offset, SAMPLE_BYTES, 0)
+    chunks = []
+    while (data := stream.recv(SAMPLE_BYTES)) not in (b"", None):
+        if isinstance(data, bytes):
+            chunks.append(data)
+    stream.finish()
+    return b"".join(chunks)
 
 
 def _network_cut(domain: libvirt.virDomain) -> bool:
@@ -303,16 +424,6 @@ def _pause(domain: libvirt.virDomain) -> bool:
     if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
         return False
     domain.suspend()
-    return True
-
-
-def _shut_down(domain: libvirt.virDomain) -> bool:
-    """Graceful first; a guest that ignores it is stopped hard (timeouts arrive with issue 3)."""
-    if not domain.isActive():
-        return False
-    domain.shutdown()
-    if domain.isActive():
-        domain.destroy()
     return True
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the orchestrator, its tests and its demo need on a
 # fresh Debian 12 machine: Debian packages (libvirt's library and headers,
-# to build libvirt-python) and a virtualenv in .venv with the project in
-# editable mode. Idempotent: a second run installs nothing new.
+# to build libvirt-python), a virtualenv in .venv with the project in
+# editable mode, and the lab's libvirtd with QEMU (lab/libvirt.sh up).
+# Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+bash lab/libvirt.sh up
 echo "lab/setup: ready ($(.venv/bin/python --version), libvirt $(.venv/bin/python -c 'import libvirt; print(libvirt.getVersion())'))"

@@ -67,7 +67,7 @@ class ApplyReport:
 
 
 def _default_drivers(name: str, host: HostVars) -> ComputeDriver:
-    return load_compute(host.driver, uri=host.uri)
+    return load_compute(host.driver, uri=host.uri, **host.options)
 
 
 class Orchestrator:

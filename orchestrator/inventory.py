@@ -48,6 +48,7 @@ class HostVars(Strict):
     stands_in_for: list[str] = Field(
         [], description="product kinds this host serves until their own drivers exist"
     )
+    options: dict[str, Any] = Field({}, description="passed to the driver as it is")
 
 
 class Group(Strict):
