@@ -96,6 +96,17 @@ class Observed:
     archived: bool = False
     data_present: bool = False
     addresses: tuple[str, ...] = ()
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_gib: int = 0
+    autostart: bool = False
+
+    def differs_from(self, spec: MachineSpec) -> bool:
+        """Whether a package change is still to be applied (unknown sizes never differ)."""
+        if not self.vcpus:
+            return False
+        size = (self.vcpus, self.memory_mib)
+        return size != (spec.vcpus, spec.memory_mib) or self.disk_gib < spec.disk_gib
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,22 @@ class ComputeDriver(ABC):
 
     def bind_addresses(self, ref: ServiceRef, addresses: tuple[str, ...]) -> Outcome:
         raise Unsupported(f"{type(self).__name__} cannot bind addresses")
+
+    def resize(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        """A package change: vCPUs, memory, a larger disk."""
+        raise Unsupported(f"{type(self).__name__} cannot resize")
+
+    def snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        raise Unsupported(f"{type(self).__name__} cannot take snapshots")
+
+    def snapshots(self, ref: ServiceRef) -> list[str]:
+        raise Unsupported(f"{type(self).__name__} cannot list snapshots")
+
+    def revert(self, ref: ServiceRef, name: str) -> Outcome:
+        raise Unsupported(f"{type(self).__name__} cannot revert to a snapshot")
+
+    def delete_snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        raise Unsupported(f"{type(self).__name__} cannot delete snapshots")
 
 
 class PowerDriver(ABC):

@@ -189,11 +189,21 @@ class LibvirtCompute(ComputeDriver):
 
     def _observe(self, conn: libvirt.virConnect, ref: ServiceRef) -> Observed:
         domain = self._domain(conn, ref)
-        has_data = self._volume(conn, ref) is not None
+        volume = self._volume(conn, ref)
+        has_data = volume is not None
         if domain is None:
             return Observed(Power.ABSENT, archived=has_data, data_present=has_data)
         power = STATES.get(domain.state()[0], Power.OFF)
-        return Observed(power, network_cut=_network_cut(domain), data_present=has_data)
+        vcpus, memory_mib = _configured_size(domain)
+        return Observed(
+            power,
+            network_cut=_network_cut(domain),
+            data_present=has_data,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_gib=volume.info()[1] // 1024**3 if volume is not None else 0,
+            autostart=bool(domain.autostart()),
+        )
 
     # -- acting --------------------------------------------------------------
 
@@ -201,7 +211,7 @@ class LibvirtCompute(ComputeDriver):
         with self._call(f"create {ref.name}") as conn:
             changed = self._ensure_volume(conn, ref, spec)
             domain = self._domain(conn, ref) or conn.defineXML(self._domain_xml(conn, ref, spec))
-            changed |= _start(domain)
+            changed |= _start(domain) | _autostart(domain, True)
             return Outcome(changed, self._observe(conn, ref))
 
     def _ensure_volume(self, conn: libvirt.virConnect, ref: ServiceRef, spec: MachineSpec) -> bool:
@@ -266,7 +276,7 @@ class LibvirtCompute(ComputeDriver):
             domain = self._domain(conn, ref)
             if domain is None:
                 raise PermanentError(f"{ref.name} does not exist: nothing to suspend")
-            changed = actions[method](domain)
+            changed = actions[method](domain) | _autostart(domain, False)
             return Outcome(changed, self._observe(conn, ref), f"suspended by {method}")
 
     def resume(self, ref: ServiceRef) -> Outcome:
@@ -278,7 +288,7 @@ class LibvirtCompute(ComputeDriver):
             if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 domain.resume()
                 changed = True
-            changed |= _start(domain)
+            changed |= _start(domain) | _autostart(domain, True)
             return Outcome(changed, self._observe(conn, ref))
 
     def archive(self, ref: ServiceRef) -> Outcome:
@@ -296,7 +306,7 @@ class LibvirtCompute(ComputeDriver):
             if self._volume(conn, ref) is None:
                 raise PermanentError(f"{ref.name} has no archived volume: it was purged")
             domain = self._domain(conn, ref) or conn.defineXML(self._domain_xml(conn, ref, spec))
-            changed = _start(domain)
+            changed = _start(domain) | _autostart(domain, True)
             return Outcome(changed, self._observe(conn, ref), "restored from the archived volume")
 
     def purge(self, ref: ServiceRef) -> Outcome:
@@ -334,6 +344,75 @@ class LibvirtCompute(ComputeDriver):
             "sample_bytes": SAMPLE_BYTES,
             "nonzero_samples": 0,
         }
+
+    def _existing(self, conn: libvirt.virConnect, ref: ServiceRef) -> libvirt.virDomain:
+        domain = self._domain(conn, ref)
+        if domain is None:
+            raise PermanentError(f"{ref.name} does not exist")
+        return domain
+
+    # -- package changes and snapshots ---------------------------------------
+
+    def resize(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        """New vCPUs and memory take effect by a restart of a running guest; disks only grow."""
+        with self._call(f"resize {ref.name}") as conn:
+            domain = self._existing(conn, ref)
+            changed = _resize_config(domain, spec)
+            if changed and domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                self._shut_down(domain)
+                domain.create()
+            changed |= self._grow_disk(conn, ref, domain, spec)
+            return Outcome(
+                changed, self._observe(conn, ref), f"{spec.vcpus} vCPU, {spec.memory_mib} MiB"
+            )
+
+    def _grow_disk(
+        self,
+        conn: libvirt.virConnect,
+        ref: ServiceRef,
+        domain: libvirt.virDomain,
+        spec: MachineSpec,
+    ) -> bool:
+        volume = self._volume(conn, ref)
+        wanted = spec.disk_gib * 1024**3
+        if volume is None or volume.info()[1] >= wanted:
+            return False
+        if self.is_test:
+            raise Unsupported("the test hypervisor cannot grow volumes")
+        if domain.isActive():
+            domain.blockResize("vda", wanted, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        else:
+            volume.resize(wanted, 0)
+        return True
+
+    def snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        """Internal snapshots: they live inside the volume, so a purge destroys them too."""
+        with self._call(f"snapshot {ref.name}") as conn:
+            domain = self._existing(conn, ref)
+            if name in domain.snapshotListNames():
+                return Outcome(False, self._observe(conn, ref), f"snapshot {name} exists")
+            domain.snapshotCreateXML(
+                f"<domainsnapshot><name>{escape(name)}</name></domainsnapshot>"
+            )
+            return Outcome(True, self._observe(conn, ref), f"snapshot {name} taken")
+
+    def snapshots(self, ref: ServiceRef) -> list[str]:
+        with self._call(f"list snapshots of {ref.name}") as conn:
+            return sorted(self._existing(conn, ref).snapshotListNames())
+
+    def revert(self, ref: ServiceRef, name: str) -> Outcome:
+        with self._call(f"revert {ref.name} to {name}") as conn:
+            domain = self._existing(conn, ref)
+            domain.revertToSnapshot(domain.snapshotLookupByName(name))
+            return Outcome(True, self._observe(conn, ref), f"reverted to {name}")
+
+    def delete_snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        with self._call(f"delete snapshot {name} of {ref.name}") as conn:
+            domain = self._existing(conn, ref)
+            if name not in domain.snapshotListNames():
+                return Outcome(False, self._observe(conn, ref), f"no snapshot {name}")
+            domain.snapshotLookupByName(name).delete()
+            return Outcome(True, self._observe(conn, ref), f"snapshot {name} deleted")
 
     # -- stopping and the network cut ------------------------------------------
 
@@ -404,6 +483,33 @@ def _read(conn: libvirt.virConnect, volume: libvirt.virStorageVol, offset: int) 
             chunks.append(data)
     stream.finish()
     return b"".join(chunks)
+
+
+def _configured_size(domain: libvirt.virDomain) -> tuple[int, int]:
+    """vCPUs and MiB as configured (what the next boot gets), not as running."""
+    xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    vcpus = re.search(r"<vcpu[^>]*>(\d+)</vcpu>", xml)
+    memory = re.search(r"<memory unit='KiB'>(\d+)</memory>", xml)
+    return (int(vcpus.group(1)) if vcpus else 0, int(memory.group(1)) // 1024 if memory else 0)
+
+
+def _resize_config(domain: libvirt.virDomain, spec: MachineSpec) -> bool:
+    if _configured_size(domain) == (spec.vcpus, spec.memory_mib):
+        return False
+    config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    domain.setVcpusFlags(spec.vcpus, config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+    domain.setVcpusFlags(spec.vcpus, config)
+    domain.setMemoryFlags(spec.memory_mib * 1024, config | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+    domain.setMemoryFlags(spec.memory_mib * 1024, config)
+    return True
+
+
+def _autostart(domain: libvirt.virDomain, wanted: bool) -> bool:
+    """Suspended guests must not come back by themselves when their host reboots."""
+    if bool(domain.autostart()) == wanted:
+        return False
+    domain.setAutostart(int(wanted))
+    return True
 
 
 def _network_cut(domain: libvirt.virDomain) -> bool:

@@ -22,6 +22,7 @@ from drivers.base import (
     Outcome,
     PermanentError,
     ServiceRef,
+    TemporaryError,
 )
 from orchestrator import ipam
 from orchestrator.facts import Facts
@@ -55,11 +56,14 @@ def perform(context: Context, step: StepRow) -> dict[str, Any]:
     return HANDLERS[Action(step.kind)](context, step, ref)
 
 
-def _spec(context: Context, addresses: tuple[str, ...] = ()) -> MachineSpec:
-    spec = context.facts.spec
-    return MachineSpec(
-        spec.get("vcpus", 1), spec.get("memory_mib", 512), spec.get("disk_gib", 1), addresses
-    )
+def machine_spec(facts: Facts) -> MachineSpec:
+    """The package the customer pays for, as the drivers take it."""
+    spec = facts.spec
+    return MachineSpec(spec.get("vcpus", 1), spec.get("memory_mib", 512), spec.get("disk_gib", 1))
+
+
+def _spec(context: Context) -> MachineSpec:
+    return machine_spec(context.facts)
 
 
 def _record(outcome: Outcome) -> dict[str, Any]:
@@ -91,6 +95,10 @@ def _suspend(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]
     return _record(context.driver.suspend(ref, method))
 
 
+def _resize(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    return _record(context.driver.resize(ref, _spec(context)))
+
+
 def _terminate(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
     return _record(context.driver.archive(ref))
 
@@ -103,11 +111,14 @@ def _purge(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
 
 
 def _assign_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
-    with context.sessions.begin() as session:
-        held = ipam.held_by(session, ref.service_id)
-        address = (
-            held[0] if held else ipam.assign(session, context.pool, ref.service_id, context.now)
-        )
+    try:
+        with context.sessions.begin() as session:
+            held = ipam.held_by(session, ref.service_id)
+            address = (
+                held[0] if held else ipam.assign(session, context.pool, ref.service_id, context.now)
+            )
+    except ipam.PoolExhausted as exc:  # quarantines end: try again in an hour
+        raise TemporaryError(str(exc), delay=3600) from exc
     bound = _bind(context, ref, (address,))
     return {"changed": not held, "addresses": [address], "bound_on_wire": bound}
 
@@ -150,6 +161,7 @@ HANDLERS: dict[Action, Handler] = {
     Action.RESTORE: _restore,
     Action.ASSIGN_IPS: _assign_ips,
     Action.RESUME: _resume,
+    Action.RESIZE: _resize,
     Action.NOTICE: _notice,
     Action.SUSPEND: _suspend,
     Action.RECLAIM_IPS: _reclaim_ips,

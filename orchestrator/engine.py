@@ -186,7 +186,7 @@ class Orchestrator:
             facts.host,
         )
         row.phase, row.facts, row.updated_at = verdict.phase.value, facts.to_json(), now
-        row.next_at = now if verdict.phase.value != row.applied_phase else verdict.next_at
+        row.next_at = now  # new facts: reconcile this service at the next tick
         session.merge(row)
 
     def verdict(self, facts: Facts, now: datetime) -> Verdict:
@@ -272,7 +272,10 @@ class Orchestrator:
             return 0
         with self.sessions.begin() as session:
             current = Current(
-                observed, ipam.held_by(session, service_id), journal.purged(session, service_id)
+                observed,
+                ipam.held_by(session, service_id),
+                journal.purged(session, service_id),
+                actions.machine_spec(facts),
             )
             specs = reconcile(service_id, verdict, current, facts.revision)
             rows = journal.enqueue(session, specs, facts.host, now)

@@ -104,6 +104,9 @@ class Executor:
                 self._sleep(self._settings.backoff_seconds * 2 ** (attempt - 1))
             except DriverError as exc:
                 return self._finish(step, journal.FAILED, now, None, str(exc))
+            except Exception as exc:  # a bug must fail its step, not the whole batch
+                log.exception("step %s %s of %s crashed", step.id, step.kind, step.service_id)
+                return self._finish(step, journal.FAILED, now, None, f"internal error: {exc!r}")
             else:
                 return self._finish(step, journal.DONE, now, result, None)
         raise AssertionError("unreachable")

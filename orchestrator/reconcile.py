@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from drivers.base import Observed, Power
+from drivers.base import MachineSpec, Observed, Power
 from orchestrator.lifecycle import Entry, Phase, Verdict
 from orchestrator.policy import StepKind
 
@@ -25,6 +25,7 @@ class Action(StrEnum):
     RESTORE = "restore"
     ASSIGN_IPS = "assign_ips"
     RESUME = "resume"
+    RESIZE = "resize"
     NOTICE = "notice"
     SUSPEND = "suspend"
     RECLAIM_IPS = "reclaim_ips"
@@ -64,6 +65,7 @@ class Current:
     machine: Observed
     addresses: tuple[str, ...]
     was_purged: bool = False
+    spec: MachineSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def reconcile(service_id: str, verdict: Verdict, current: Current, revision: int
     machine, keep_ips = DESIRED[verdict.phase]
     generation = _generation(verdict, revision)
     actions = _machine_actions(machine, verdict, current)
+    if machine in (Machine.RUNNING, Machine.SUSPENDED) and _resized(current):
+        actions.append(Action.RESIZE)
     actions[1:1] = _address_actions(keep_ips, current)
     steps = [_spec(service_id, action, generation, verdict) for action in _ordered(actions)]
     steps += _notices(service_id, verdict)
@@ -117,6 +121,10 @@ def _machine_actions(machine: Machine, verdict: Verdict, current: Current) -> li
     if current.was_purged and not exists:
         return []
     return bring_back + ([] if _suspended_as(seen, verdict.suspend_method) else [Action.SUSPEND])
+
+
+def _resized(current: Current) -> bool:
+    return current.spec is not None and current.machine.differs_from(current.spec)
 
 
 def _bring_back(seen: Observed, was_purged: bool) -> list[Action]:

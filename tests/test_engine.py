@@ -401,3 +401,37 @@ def test_no_host_runs_more_than_its_limit(
     limit = inventory.hosts()["kvm-jkt-1"].max_concurrent
     assert driver.most == limit  # parallel, and never over the host's limit
     assert all(state_of(virt, s) == "running" for s in ids)
+
+
+def test_a_package_change_resizes_the_machine(
+    orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
+) -> None:
+    orchestrator.ingest(events(created(sid)), wib(2026, 11, 20))
+    orchestrator.apply(wib(2026, 11, 20, 0, 1))
+    change = {
+        "id": f"{sid}-upgrade",
+        "service": sid,
+        "at": "2026-11-25T10:00:00+07:00",
+        "data": {
+            "type": "service.package_changed",
+            "spec": {"vcpus": 2, "memory_mib": 1024, "disk_gib": 1},
+        },
+    }
+    orchestrator.ingest(events(change), wib(2026, 11, 25, 10))
+    orchestrator.apply(wib(2026, 11, 25, 10, 1))
+    assert _steps(orchestrator, sid)[-1] == ("resize", "done")
+    xml = virt.lookupByName(f"svc-{sid}").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert ">2</vcpu>" in xml and "<memory unit='KiB'>1048576</memory>" in xml
+
+
+def test_an_exhausted_pool_is_retried_later_not_a_crash(
+    sqlite_engine: Engine, policies: dict[str, Policy], inventory: Inventory, sid: str
+) -> None:
+    orch = Orchestrator(sqlite_engine, policies, inventory, sleep=lambda _: None)  # no pools seeded
+    orch.ingest(events(created(sid)), wib(2026, 11, 20))
+    report = orch.apply(wib(2026, 11, 20, 0, 1))
+    assert [(s.kind, s.state) for s in report.steps] == [
+        ("create", "done"),
+        ("assign_ips", "retry"),
+    ]
+    assert "no address free" in report.steps[-1].detail

@@ -160,3 +160,43 @@ def test_drivers_are_registered_by_name() -> None:
     assert isinstance(load_compute("libvirt", uri="test:///default"), LibvirtCompute)
     with pytest.raises(PermanentError, match="no compute driver named 'nova'"):
         load_compute("nova")
+
+
+def test_suspended_guests_do_not_autostart(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    assert virt.lookupByName(ref.name).autostart() == 1
+    driver.suspend(ref, "pause")
+    assert virt.lookupByName(ref.name).autostart() == 0
+    driver.resume(ref)
+    assert virt.lookupByName(ref.name).autostart() == 1
+
+
+def test_snapshots_are_taken_listed_reverted_and_deleted(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    assert driver.snapshot(ref, "weekly-1").changed
+    assert not driver.snapshot(ref, "weekly-1").changed
+    assert virt.lookupByName(ref.name).snapshotListNames() == ["weekly-1"]
+    assert driver.snapshots(ref) == ["weekly-1"]
+    assert driver.revert(ref, "weekly-1").changed
+    assert driver.delete_snapshot(ref, "weekly-1").changed
+    assert not driver.delete_snapshot(ref, "weekly-1").changed
+    assert virt.lookupByName(ref.name).snapshotListNames() == []
+
+
+def test_resize_changes_the_configuration(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec(vcpus=1, memory_mib=512, disk_gib=1))
+    bigger = MachineSpec(vcpus=2, memory_mib=1024, disk_gib=1)
+    assert driver.inspect(ref).differs_from(bigger)
+    assert driver.resize(ref, bigger).changed
+    xml = virt.lookupByName(ref.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert ">2</vcpu>" in xml and "<memory unit='KiB'>1048576</memory>" in xml
+    with pytest.raises(Unsupported, match="cannot grow"):  # the lab test grows real volumes
+        driver.resize(ref, MachineSpec(vcpus=2, memory_mib=1024, disk_gib=2))
+    assert not driver.inspect(ref).differs_from(bigger)
+    assert not driver.resize(ref, bigger).changed

@@ -1,6 +1,7 @@
 """The store on SQLite and PostgreSQL: migrations, idempotent ingest, the due index, audit."""
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from orchestrator.events import EventError
 from orchestrator.inventory import Inventory
 from orchestrator.policy import Policy
 from orchestrator.store.models import AuditRow, Base, EventRow, ServiceRow
-from tests.conftest import created, events, invoice, paid, wib
+from tests.conftest import created, events, invoice, wib
 
 
 @pytest.fixture
@@ -65,18 +66,17 @@ def test_bad_event_stores_nothing(orch: Orchestrator, store_engine: Engine) -> N
 def test_next_transition_is_precomputed_and_indexed(
     orch: Orchestrator, store_engine: Engine
 ) -> None:
-    orch.ingest(events(created("s1"), invoice("s1", "2026-12-01")), wib(2026, 11, 20))
-    with orch.sessions.begin() as session:
-        session.execute(update(ServiceRow).values(applied_phase="active"))
-    orch.ingest(
-        events(paid("s1", "2026-11-21T10:00:00+07:00"), invoice("s1", "2026-12-01", "inv-2")),
-        wib(2026, 11, 21),
-    )
-    with orch.sessions() as session:
-        row = session.get(ServiceRow, "s1")
+    sid = f"n{uuid.uuid4().hex[:8]}"
+    orch.seed_pools()
+    orch.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    with orch.sessions() as session:  # new facts: due at once, to be reconciled
+        assert orch.due(wib(2026, 11, 20), session) == [sid]
+    orch.apply(wib(2026, 11, 20))
+    with orch.sessions() as session:  # applied: nothing until the day after the due date
+        row = session.get(ServiceRow, sid)
         assert row is not None and row.next_at == wib(2026, 12, 2)
         assert orch.due(wib(2026, 12, 1), session) == []
-        assert orch.due(wib(2026, 12, 2), session) == ["s1"]
+        assert orch.due(wib(2026, 12, 2), session) == [sid]
     with store_engine.connect() as connection:
         if store_engine.dialect.name == "sqlite":
             plan = " ".join(
