@@ -2,15 +2,25 @@
 
 A service's machine is a domain named ``svc-<service id>`` with one disk, a
 volume in a storage pool: a copy-on-write qcow2 overlay of ``base_volume``
-when one is given (the lab), else a raw volume. Terminating removes the
-domain and keeps the volume (the archive); purging overwrites the volume
-with zeros, reads samples back across it to prove it, and deletes it.
+when one is given (the lab), else a raw volume. The domain's metadata
+carries the service id. Terminating removes the domain and keeps the volume
+(the archive); purging overwrites the volume with zeros, reads samples back
+across it to prove it, deletes it, and checks the pool's listing for it.
 
-Against ``test:///default`` (in-memory, per process) two things cannot be
-done for real, and the driver says so rather than pretend: volumes cannot be
-wiped (the purge deletes, verifies absence, and its evidence says
-``delete-only``), and interface link state cannot change (a network cut is
-recorded in the domain's metadata only). On qemu:///system both are real.
+Against ``test:///default`` (in-memory, per process) three things cannot be
+done for real, and the driver says so rather than pretend:
+
+- volumes cannot be wiped, read or grown (``virStorageVolWipe``,
+  ``Download`` and ``Resize`` are unsupported): the purge deletes, verifies
+  absence, and its evidence says ``delete-only``; growing a disk raises
+  ``Unsupported``;
+- interface link state cannot change (``virDomainUpdateDeviceFlags`` is
+  unsupported): a network cut is recorded in the domain's metadata only;
+- undefining accepts neither the NVRAM nor the checkpoint flag.
+
+On qemu:///system the link really goes down (live and in the persistent
+configuration), and the same metadata record is what ``inspect`` reads, so
+both hypervisors report a cut the same way.
 
 libvirt's errors cross into ours in one place, ``_translated``; a call that
 fails because the connection died is temporary, whatever code libvirt gave.
@@ -21,8 +31,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
@@ -44,13 +54,16 @@ from drivers.base import (
 )
 
 NETWORK_NS = "https://provisioning-orchestrator.invalid/network/1"
+SERVICE_NS = "https://provisioning-orchestrator.invalid/service/1"
 TEMPORARY_CODES = {
     libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_RPC,
     libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
     libvirt.VIR_ERR_OPERATION_TIMEOUT,
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
 }
+UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED}
 STATES = {
     libvirt.VIR_DOMAIN_RUNNING: Power.RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: Power.RUNNING,
@@ -60,12 +73,31 @@ STATES = {
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
+UNDEFINE_ALL_FLAGS = (
+    UNDEFINE_FLAGS
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+)
+BASE_CAPABILITIES = frozenset(
+    {
+        Capability.CREATE,
+        Capability.SUSPEND_PAUSE,
+        Capability.SUSPEND_SHUTDOWN,
+        Capability.SUSPEND_CUT_NETWORK,
+        Capability.ARCHIVE,
+        Capability.RESTORE,
+        Capability.PURGE,
+        Capability.RESIZE,
+    }
+)
 SAMPLE_BYTES = 4096
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed
 
 
 def _without_credentials(text: str) -> str:
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    """URIs may carry a password (user:secret@host) or a secret query parameter."""
+    text = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+    return re.sub(r"(?i)([?&;](?:password|passwd|pass|secret|token)=)[^&;\s'\"]+", r"\1***", text)
 
 
 @contextmanager
@@ -76,7 +108,7 @@ def _translated(action: str) -> Iterator[None]:
     except libvirt.libvirtError as exc:
         code = exc.get_error_code()
         message = _without_credentials(f"{action}: {exc.get_error_message()}")
-        if code == libvirt.VIR_ERR_NO_SUPPORT:
+        if code in UNSUPPORTED_CODES:
             raise Unsupported(message) from exc
         if code in TEMPORARY_CODES:
             raise TemporaryError(message, delay=10.0) from exc
@@ -106,28 +138,22 @@ class LibvirtCompute(ComputeDriver):
         domain_type_from: str | None = None,
     ) -> None:
         self.uri, self.pool_name, self.network = uri, pool, network
-        self.domain_type = domain_type or _domain_type(uri, domain_type_from)
+        self.domain_type = _checked_domain_type(
+            uri, domain_type or _domain_type(uri, domain_type_from)
+        )
         self.base_volume, self.console_dir = base_volume, console_dir
         self.boot = Boot(**boot) if boot else None
         self.shutdown_timeout = shutdown_timeout
         self._connection: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(5)  # libvirtd serves 5 calls per client
-        self.capabilities = frozenset(
-            {
-                Capability.CREATE,
-                Capability.SUSPEND_PAUSE,
-                Capability.SUSPEND_SHUTDOWN,
-                Capability.SUSPEND_CUT_NETWORK,
-                Capability.ARCHIVE,
-                Capability.RESTORE,
-                Capability.PURGE,
-            }
-        )
+        snapshots = {Capability.SNAPSHOT} if self.is_test or base_volume else set()
+        self.capabilities = BASE_CAPABILITIES | snapshots
 
     @property
     def is_test(self) -> bool:
-        return self.domain_type == "test"
+        """Decided by the URI, never by the XML's type: a purge must not skip the wipe."""
+        return _is_test_uri(self.uri)
 
     # -- connection ----------------------------------------------------------
 
@@ -136,8 +162,11 @@ class LibvirtCompute(ComputeDriver):
         with self._lock:
             if self._connection is not None and self._alive(self._connection):
                 return self._connection
+            if self._connection is not None:
+                with suppress(libvirt.libvirtError):
+                    self._connection.close()
             with _translated(f"connect to {self.uri}"):
-                self._connection = libvirt.open(self.uri)
+                self._connection = _open(self.uri)
             return self._connection
 
     @staticmethod
@@ -240,17 +269,21 @@ class LibvirtCompute(ComputeDriver):
         volume = self._volume(conn, ref)
         if volume is None:
             raise PermanentError(f"{ref.name} has no volume to boot from")
+        return (
+            f"<domain type='{self.domain_type}'><name>{escape(ref.name)}</name>"
+            f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
+            f"<metadata><o:service xmlns:o='{SERVICE_NS}'>{escape(ref.service_id)}</o:service>"
+            f"</metadata>{self._os_xml(ref)}<on_poweroff>destroy</on_poweroff>"
+            f"<devices>{self._devices_xml(ref, volume)}</devices></domain>"
+        )
+
+    def _devices_xml(self, ref: ServiceRef, volume: libvirt.virStorageVol) -> str:
         disk_format = "qcow2" if self.base_volume else "raw"
         return (
-            f"<domain type='{self.domain_type}'><name>{ref.name}</name>"
-            f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
-            f"<metadata><o:service xmlns:o='{NETWORK_NS}'>{escape(ref.service_id)}</o:service>"
-            f"</metadata>{self._os_xml(ref)}<on_poweroff>destroy</on_poweroff><devices>"
             f"<disk type='file' device='disk'><driver name='qemu' type='{disk_format}'/>"
             f"<source file='{escape(volume.path())}'/><target dev='vda' bus='virtio'/></disk>"
             f"<interface type='network'><source network='{escape(self.network)}'/>"
-            "<model type='virtio'/></interface>"
-            f"{self._console_xml(ref)}</devices></domain>"
+            f"<model type='virtio'/></interface>{self._console_xml(ref)}"
         )
 
     def _os_xml(self, ref: ServiceRef) -> str:
@@ -269,25 +302,23 @@ class LibvirtCompute(ComputeDriver):
         return f"<serial type='file'><source path='{path}' append='on'/><target port='0'/></serial>"
 
     def suspend(self, ref: ServiceRef, method: str) -> Outcome:
-        actions = {"pause": _pause, "shutdown": self._shut_down, "cut_network": self._cut}
+        actions: dict[str, Callable[[libvirt.virDomain], bool]] = {
+            "pause": self._pause,
+            "shutdown": self._shut_down,
+            "cut_network": self._cut,
+        }
         if method not in actions:
             raise Unsupported(f"libvirt cannot suspend by {method!r}")
         with self._call(f"suspend {ref.name} by {method}") as conn:
-            domain = self._domain(conn, ref)
-            if domain is None:
-                raise PermanentError(f"{ref.name} does not exist: nothing to suspend")
+            domain = self._existing(conn, ref, "nothing to suspend")
             changed = actions[method](domain) | _autostart(domain, False)
             return Outcome(changed, self._observe(conn, ref), f"suspended by {method}")
 
     def resume(self, ref: ServiceRef) -> Outcome:
+        """Undoes any suspension: the network comes back first, then the guest runs."""
         with self._call(f"resume {ref.name}") as conn:
-            domain = self._domain(conn, ref)
-            if domain is None:
-                raise PermanentError(f"{ref.name} does not exist: restore it first")
-            changed = self._restore_network(domain)
-            if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                domain.resume()
-                changed = True
+            domain = self._existing(conn, ref, "restore it first")
+            changed = self._restore_network(domain) | _unpause(domain)
             changed |= _start(domain) | _autostart(domain, True)
             return Outcome(changed, self._observe(conn, ref))
 
@@ -310,45 +341,63 @@ class LibvirtCompute(ComputeDriver):
             return Outcome(changed, self._observe(conn, ref), "restored from the archived volume")
 
     def purge(self, ref: ServiceRef) -> Outcome:
+        """A purge that cannot be verified is a failure, never a success."""
         self.archive(ref)
         with self._call(f"purge {ref.name}") as conn:
             volume = self._volume(conn, ref)
             evidence: dict[str, Any] = {"method": "none: already absent", "bytes": 0}
             if volume is not None:
                 evidence = self._destroy_volume(conn, volume)
-            seen = self._observe(conn, ref)
-            evidence["verified_absent"] = not seen.data_present and seen.power == Power.ABSENT
+            evidence.update(self._absence(conn, ref))
             if not evidence["verified_absent"]:
-                raise PermanentError(f"purge of {ref.name} left data behind")
+                raise PermanentError(f"purge of {ref.name} left data behind: {evidence}")
+            seen = self._observe(conn, ref)
             return Outcome(volume is not None, seen, "volume destroyed", evidence)
+
+    def _absence(self, conn: libvirt.virConnect, ref: ServiceRef) -> dict[str, Any]:
+        """No domain, no volume by name, and none in the pool's listing."""
+        pool = conn.storagePoolLookupByName(self.pool_name)
+        refreshed = _refreshed(pool)
+        listed = self._volume_name(ref) in pool.listVolumes()
+        gone = self._domain(conn, ref) is None and self._volume(conn, ref) is None
+        listing = "refreshed pool listing" if refreshed else "pool listing (refresh refused)"
+        return {"verified_absent": gone and not listed, "verified_by": listing}
 
     def _destroy_volume(
         self, conn: libvirt.virConnect, volume: libvirt.virStorageVol
     ) -> dict[str, Any]:
-        """Overwrite with zeros, prove it by samples, then delete."""
         if self.is_test:
             size = volume.info()[1]
             volume.delete(0)
             return {"method": "delete-only: the test hypervisor cannot wipe", "bytes": size}
+        evidence = self._wipe_verified(conn, volume)
+        volume.delete(0)
+        return evidence
+
+    def _wipe_verified(
+        self, conn: libvirt.virConnect, volume: libvirt.virStorageVol
+    ) -> dict[str, Any]:
+        """Overwrite with zeros and prove it by samples; a backend that cannot wipe fails here."""
         size = volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
         volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
-        dirty = [offset for offset in _sample_offsets(size) if any(_read(conn, volume, offset))]
+        offsets = _sample_offsets(size)
+        dirty = [offset for offset in offsets if any(_read(conn, volume, offset))]
         if dirty:
             raise PermanentError(f"wipe of {volume.name()} not verified: data at {dirty[:4]}")
-        volume.delete(0)
-        samples = len(_sample_offsets(size))
         return {
             "method": "wipe:zero",
             "bytes": size,
-            "samples": samples,
+            "samples": len(offsets),
             "sample_bytes": SAMPLE_BYTES,
             "nonzero_samples": 0,
         }
 
-    def _existing(self, conn: libvirt.virConnect, ref: ServiceRef) -> libvirt.virDomain:
+    def _existing(
+        self, conn: libvirt.virConnect, ref: ServiceRef, hint: str = ""
+    ) -> libvirt.virDomain:
         domain = self._domain(conn, ref)
         if domain is None:
-            raise PermanentError(f"{ref.name} does not exist")
+            raise PermanentError(f"{ref.name} does not exist" + (f": {hint}" if hint else ""))
         return domain
 
     # -- package changes and snapshots ---------------------------------------
@@ -414,7 +463,20 @@ class LibvirtCompute(ComputeDriver):
             domain.snapshotLookupByName(name).delete()
             return Outcome(True, self._observe(conn, ref), f"snapshot {name} deleted")
 
-    # -- stopping and the network cut ------------------------------------------
+    # -- pausing, stopping and the network cut ---------------------------------
+
+    def _pause(self, domain: libvirt.virDomain) -> bool:
+        """A stopped guest is started paused, so that ``paused`` holds whatever came before."""
+        if domain.state()[0] in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+            return False
+        if domain.isActive():
+            domain.suspend()
+        elif self.is_test:  # the test hypervisor refuses VIR_DOMAIN_START_PAUSED
+            domain.create()
+            domain.suspend()
+        else:
+            domain.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        return True
 
     def _shut_down(self, domain: libvirt.virDomain) -> bool:
         """Graceful first; a guest that ignores it for ``shutdown_timeout`` is stopped hard."""
@@ -442,11 +504,10 @@ class LibvirtCompute(ComputeDriver):
 
     def _set_link(self, domain: libvirt.virDomain, state: str) -> None:
         """The link itself where the hypervisor can; the record of it always."""
-        if not self.is_test and domain.isActive():
-            for interface in re.findall(r"<interface .*?</interface>", domain.XMLDesc(), re.S):
-                changed = re.sub(r"<link state='\w+'/>", "", interface)
-                changed = changed.replace("</interface>", f"<link state='{state}'/></interface>")
-                domain.updateDeviceFlags(changed, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if not self.is_test:  # the test hypervisor has no virDomainUpdateDeviceFlags
+            if domain.isActive():
+                _set_links(domain, state, live=True)
+            _set_links(domain, state, live=False)
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (
             libvirt.VIR_DOMAIN_AFFECT_LIVE if domain.isActive() else 0
         )
@@ -455,9 +516,53 @@ class LibvirtCompute(ComputeDriver):
         )
 
 
+def _set_links(domain: libvirt.virDomain, state: str, live: bool) -> None:
+    """Like ``virsh domif-setlink``: each interface of that view, rewritten and updated."""
+    xml = domain.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if live else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    for interface in re.findall(r"<interface .*?</interface>", xml, re.S):
+        changed = re.sub(r"<link state=['\"]\w+['\"]/>", "", interface)
+        changed = changed.replace("</interface>", f"<link state='{state}'/></interface>")
+        domain.updateDeviceFlags(changed, flags)
+
+
+def _is_test_uri(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] == "test"
+
+
+_events = threading.Lock()
+_events_running = False
+
+
+def _open(uri: str) -> libvirt.virConnect:
+    """Remote connections get keepalive, so a dead libvirtd is noticed in seconds, not hours."""
+    if uri.startswith("test:"):
+        return libvirt.open(uri)
+    _run_event_loop()
+    connection = libvirt.open(uri)
+    connection.setKeepAlive(5, 3)
+    return connection
+
+
+def _run_event_loop() -> None:
+    """libvirt's keepalive needs its event loop turning in some thread; one per process."""
+    global _events_running
+    with _events:
+        if _events_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_turn_events, name="libvirt-events", daemon=True).start()
+        _events_running = True
+
+
+def _turn_events() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
 def _domain_type(uri: str, verdict_file: str | None) -> str:
     """test for the test hypervisor; else kvm, unless a lab's probe said otherwise."""
-    if uri.startswith("test:"):
+    if _is_test_uri(uri):
         return "test"
     if verdict_file is None:
         return "kvm"
@@ -466,6 +571,23 @@ def _domain_type(uri: str, verdict_file: str | None) -> str:
             return verdict.read().split()[0]
     except (OSError, IndexError) as exc:
         raise PermanentError(f"cannot read the lab's accelerator from {verdict_file}") from exc
+
+
+def _checked_domain_type(uri: str, domain_type: str) -> str:
+    """The test hypervisor takes only type 'test', and a real one never does."""
+    if (domain_type == "test") != _is_test_uri(uri):
+        safe_uri = _without_credentials(uri)
+        raise PermanentError(f"domain type {domain_type!r} does not fit {safe_uri}")
+    return domain_type
+
+
+def _refreshed(pool: libvirt.virStoragePool) -> bool:
+    """A refresh rereads the pool's storage; libvirt refuses it while a volume is built."""
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        return False
+    return True
 
 
 def _sample_offsets(size: int, count: int = 16) -> list[int]:
@@ -513,10 +635,14 @@ def _autostart(domain: libvirt.virDomain, wanted: bool) -> bool:
 
 
 def _network_cut(domain: libvirt.virDomain) -> bool:
+    """Read from our own metadata element; a domain without one was never cut."""
     try:
-        return "down" in domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NETWORK_NS)
-    except libvirt.libvirtError:
-        return False
+        record = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NETWORK_NS)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return False
+        raise
+    return re.search(r"<link\s+state=['\"]down['\"]", record) is not None
 
 
 def _start(domain: libvirt.virDomain) -> bool:
@@ -526,16 +652,20 @@ def _start(domain: libvirt.virDomain) -> bool:
     return True
 
 
-def _pause(domain: libvirt.virDomain) -> bool:
-    if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-        return False
-    domain.suspend()
-    return True
+def _unpause(domain: libvirt.virDomain) -> bool:
+    """Paused by us (suspend) or asleep by the guest's own choice (S3): both are woken."""
+    state = domain.state()[0]
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        domain.resume()
+    elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+        domain.pMWakeup(0)
+    return state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED)
 
 
 def _undefine(domain: libvirt.virDomain) -> None:
+    """Every flag where the hypervisor takes it; the test hypervisor takes only the first two."""
     try:
-        domain.undefineFlags(UNDEFINE_FLAGS | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        domain.undefineFlags(UNDEFINE_ALL_FLAGS)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
             raise

@@ -52,7 +52,7 @@ start_daemons() {
     while pgrep -x libvirtd >/dev/null; do sleep 0.1; done
   fi
   pgrep -x libvirtd >/dev/null || libvirtd -d
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 150); do
     "${virsh[@]}" version >/dev/null 2>&1 && return 0
     sleep 0.2
   done
@@ -122,8 +122,10 @@ down() {
     "${virsh[@]}" pool-destroy "$pool" >/dev/null 2>&1 || true
     "${virsh[@]}" pool-undefine "$pool" >/dev/null 2>&1 || true
   fi
-  pkill -x libvirtd || true
-  pkill -x virtlogd || true
+  for daemon in libvirtd virtlogd; do
+    pkill -x "$daemon" || true
+    while pgrep -x "$daemon" >/dev/null; do sleep 0.1; done
+  done
   rm -rf "$LAB_DIR/pool" "$LAB_DIR/console"
   echo "lab: down"
 }

@@ -494,12 +494,15 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its store")] = Path(
         "demo-run"
     ),
+    hypervisor: Annotated[
+        str, typer.Option(help="lab (real libvirtd), test (libvirt's test driver) or auto")
+    ] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Live through two months of a few customers of each of the five policies."""
+    """Live through ten weeks of a few customers of each of the five policies."""
     from orchestrator.demo import run_demo
 
-    code = run_demo(workdir, ctx.obj.policies, as_json=as_json)
+    code = run_demo(workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor)
     raise typer.Exit(code)
 
 

@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from drivers.base import DriverError, ServiceRef, load_compute
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import parse_events
 from orchestrator.guards import BreakerSettings
-from orchestrator.inventory import load_inventory
+from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.lifecycle import Entry, lifecycle
 from orchestrator.policy import Anchor, Policy, ProductKind, StepKind, load_policies
 from orchestrator.store.db import migrate, open_engine
@@ -47,6 +48,7 @@ PAYS_AFTER_DUE = {
 STORIES = (*PAYS_AFTER_DUE, "never")
 CLOSED = date(2026, 12, 20)  # never-payers whose policy has a closure ladder close then
 WIB = ZoneInfo("Asia/Jakarta")
+INVENTORIES = Path(__file__).resolve().parents[1] / "inventory"
 SHOWN_EVENTS = ("invoice.paid", "service.renewed", "deposit.changed", "service.cancelled")
 CHECKED = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
 HOSTS = {
@@ -69,15 +71,18 @@ class Customer:
     story: str  # one of STORIES
 
 
-def run_demo(workdir: Path, policies_dir: Path, as_json: bool = False) -> int:
+def run_demo(
+    workdir: Path, policies_dir: Path, as_json: bool = False, hypervisor: str = "auto"
+) -> int:
+    """``hypervisor``: "lab" (a real libvirtd), "test" (libvirt's test driver), or "auto"."""
     policies = load_policies(policies_dir)
-    orchestrator = _fresh_orchestrator(workdir, policies)
+    inventory, where = _inventory(hypervisor)
+    orchestrator = _fresh_orchestrator(workdir, policies, inventory)
     customers = _customers(policies)
     zone = next(iter(policies.values())).zone
     events = _scenario(customers)
     console.print(
-        f"demo: {len(customers)} services of {len(policies)} policies on libvirt's "
-        "test hypervisor (test:///default); the real lab arrives with issue 3. The breaker "
+        f"demo: {len(customers)} services of {len(policies)} policies on {where}. The breaker "
         f"trips at {DEMO_BREAKER.min_count} destructive steps an hour here: a third of these "
         "few customers never pay, by design"
     )
@@ -85,15 +90,45 @@ def run_demo(workdir: Path, policies_dir: Path, as_json: bool = False) -> int:
     history = _history(orchestrator)
     mismatches = _check(orchestrator, customers, history)
     _print(history, mismatches, as_json)
+    _remove_guests(orchestrator, customers)
     return 1 if mismatches else 0
 
 
-def _fresh_orchestrator(workdir: Path, policies: dict[str, Policy]) -> Orchestrator:
+def _remove_guests(orchestrator: Orchestrator, customers: list[Customer]) -> None:
+    """The demo leaves no machines behind on a real hypervisor."""
+    for customer in customers:
+        host = HOSTS[customer.product]
+        orchestrator.driver(host).purge(ServiceRef(customer.service, host))
+
+
+def _inventory(hypervisor: str) -> tuple[Inventory, str]:
+    """The real lab when it answers (or is asked for), else the test hypervisor; says which."""
+    lab = load_inventory(INVENTORIES / "lab-libvirt.yaml")
+    if hypervisor != "test":
+        host = lab.hosts()["kvm-jkt-1"]
+        try:
+            load_compute(host.driver, uri=host.uri, **host.options).inspect(
+                ServiceRef("probe", "lab")
+            )
+        except DriverError as exc:
+            if hypervisor == "lab":
+                raise
+            reason = f"the lab is not up ({exc}; bash lab/libvirt.sh up starts it)"
+        else:
+            return lab, f"the real lab: libvirtd at {host.uri}, QEMU guests"
+    else:
+        reason = "asked for"
+    test = load_inventory(INVENTORIES / "lab.yaml")
+    return test, f"libvirt's test hypervisor (test:///default): {reason}"
+
+
+def _fresh_orchestrator(
+    workdir: Path, policies: dict[str, Policy], inventory: Inventory
+) -> Orchestrator:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     engine = open_engine(f"sqlite:///{workdir / 'demo.db'}")
     migrate(engine)
-    inventory = load_inventory(Path(__file__).resolve().parents[1] / "inventory" / "lab.yaml")
     orchestrator = Orchestrator(engine, policies, inventory, Settings(breaker=DEMO_BREAKER))
     orchestrator.seed_pools()
     return orchestrator
@@ -131,6 +166,7 @@ def _story(customer: Customer) -> list[tuple[date, dict[str, Any]]]:
         "policy": customer.policy.name,
         "product": customer.product.value,
         "host": HOSTS[customer.product],
+        "spec": {"vcpus": 1, "memory_mib": 128, "disk_gib": 1},
     }
     if Anchor.SUBSCRIPTION_END in anchors:
         created["subscription_end"] = DUE.isoformat()

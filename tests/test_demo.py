@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 
 def test_demo_lives_through_two_months_and_matches_the_policies(tmp_path: Path) -> None:
-    assert run_demo(tmp_path / "demo", REPO / "inventory" / "policies") == 0
+    assert run_demo(tmp_path / "demo", REPO / "inventory" / "policies", hypervisor="test") == 0
     engine = open_engine(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")
     with engine.connect() as connection:
         done = connection.execute(

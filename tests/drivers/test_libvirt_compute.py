@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import libvirt
 import pytest
 
 from drivers.base import (
+    Capability,
     DriverError,
     MachineSpec,
     PermanentError,
@@ -19,6 +21,9 @@ from drivers.base import (
     load_compute,
 )
 from drivers.libvirt_compute import LibvirtCompute, _translated
+
+SERVICE_NS = "https://provisioning-orchestrator.invalid/service/1"
+NETWORK_NS = "https://provisioning-orchestrator.invalid/network/1"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +56,13 @@ def has_volume(virt: libvirt.virConnect, ref: ServiceRef) -> bool:
     return f"{ref.name}.img" in pool.listVolumes()
 
 
+def libvirt_error(code: int, message: str) -> libvirt.libvirtError:
+    """A libvirtError as the bindings raise it, with the code set."""
+    error = libvirt.libvirtError(message)
+    error.err = (code, 0, message, 0, "", None, None, 0, 0)
+    return error
+
+
 def test_create_is_idempotent(
     driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
 ) -> None:
@@ -78,8 +90,7 @@ def test_suspend_and_resume_by_each_method(
     assert not driver.suspend(ref, method).changed
     if method == "cut_network":
         assert "down" in virt.lookupByName(ref.name).metadata(
-            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-            "https://provisioning-orchestrator.invalid/network/1",
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, NETWORK_NS
         )
         assert driver.inspect(ref).network_cut
     resumed = driver.resume(ref)
@@ -132,21 +143,45 @@ def test_a_connection_that_cannot_open_is_a_driver_error(ref: ServiceRef) -> Non
 
 
 def test_a_dropped_connection_is_temporary_and_credentials_are_not_repeated() -> None:
-    error = libvirt.libvirtError("lost")
-    error.err = (
-        libvirt.VIR_ERR_SYSTEM_ERROR,
-        0,
-        "cannot talk to qemu+ssh://admin:hunter2@host/system",
-        0,
-        "",
-        None,
-        None,
-        0,
-        0,
+    error = libvirt_error(
+        libvirt.VIR_ERR_SYSTEM_ERROR, "cannot talk to qemu+ssh://admin:hunter2@host/system"
     )
     with pytest.raises(TemporaryError) as caught, _translated("inspect"):
         raise error
-    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "admin:***@host" in str(caught.value)
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (libvirt.VIR_ERR_RPC, TemporaryError),
+        (libvirt.VIR_ERR_NO_CONNECT, TemporaryError),
+        (libvirt.VIR_ERR_INVALID_CONN, TemporaryError),
+        (libvirt.VIR_ERR_NO_SUPPORT, Unsupported),
+        (libvirt.VIR_ERR_OPERATION_UNSUPPORTED, Unsupported),
+        (libvirt.VIR_ERR_XML_ERROR, PermanentError),
+        (libvirt.VIR_ERR_OPERATION_INVALID, PermanentError),
+    ],
+)
+def test_libvirt_error_codes_cross_into_the_error_tree(code: int, kind: type[DriverError]) -> None:
+    error = libvirt_error(code, "failed for qemu+tls://host/system?password=hunter2&x=1")
+    with pytest.raises(kind) as caught, _translated("inspect"):
+        raise error
+    assert type(caught.value) is kind and caught.value.__cause__ is error
+    assert "hunter2" not in str(caught.value) and "password=***&x=1" in str(caught.value)
+
+
+def test_what_the_test_hypervisor_lacks_is_translated_to_unsupported(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    domain = virt.lookupByName(ref.name)
+    volume = virt.storagePoolLookupByName("default-pool").storageVolLookupByName(f"{ref.name}.img")
+    with pytest.raises(Unsupported, match="virDomainUpdateDeviceFlags"), _translated("link"):
+        domain.updateDeviceFlags("<interface type='network'/>", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    with pytest.raises(Unsupported, match="virStorageVolWipe"), _translated("wipe"):
+        volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
 
 
 def test_a_dead_connection_is_reopened(driver: LibvirtCompute, ref: ServiceRef) -> None:
@@ -200,3 +235,119 @@ def test_resize_changes_the_configuration(
         driver.resize(ref, MachineSpec(vcpus=2, memory_mib=1024, disk_gib=2))
     assert not driver.inspect(ref).differs_from(bigger)
     assert not driver.resize(ref, bigger).changed
+
+
+def test_the_domain_is_built_from_the_spec_and_carries_the_service_id(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec(vcpus=2, memory_mib=256, disk_gib=2))
+    domain = virt.lookupByName(ref.name)
+    xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert "<domain type='test'>" in xml and f"/default-pool/{ref.name}.img" in xml
+    assert domain.maxMemory() == 256 * 1024 and domain.vcpusFlags(0) == 2
+    volume = virt.storagePoolLookupByName("default-pool").storageVolLookupByName(f"{ref.name}.img")
+    assert volume.info()[1] == 2 * 1024**3
+    service = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, SERVICE_NS)
+    assert service == f"<service>{ref.service_id}</service>"
+
+
+def test_create_starts_a_machine_that_is_defined_but_off(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    virt.lookupByName(ref.name).destroy()
+    outcome = driver.create(ref, MachineSpec())
+    assert outcome.changed and outcome.observed.power == Power.RUNNING
+    assert domain_state(virt, ref) == libvirt.VIR_DOMAIN_RUNNING
+
+
+def test_a_network_cut_keeps_the_service_id_and_an_id_with_down_in_it_is_not_cut(
+    driver: LibvirtCompute, virt: libvirt.virConnect
+) -> None:
+    ref = ServiceRef(f"down{uuid.uuid4().hex[:8]}", "kvm-jkt-1")
+    assert not driver.create(ref, MachineSpec()).observed.network_cut
+    assert driver.suspend(ref, "cut_network").changed
+    domain = virt.lookupByName(ref.name)
+    service = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, SERVICE_NS)
+    assert service == f"<service>{ref.service_id}</service>"
+    assert domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NETWORK_NS) == (
+        '<link state="down"/>'
+    )
+    assert domain_state(virt, ref) == libvirt.VIR_DOMAIN_RUNNING
+    driver.resume(ref)
+    assert domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NETWORK_NS) == '<link state="up"/>'
+
+
+def test_pausing_a_stopped_machine_leaves_it_paused(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    driver.suspend(ref, "shutdown")
+    outcome = driver.suspend(ref, "pause")
+    assert outcome.changed and outcome.observed.power == Power.PAUSED
+    assert domain_state(virt, ref) == libvirt.VIR_DOMAIN_PAUSED
+
+
+def test_archive_removes_managed_save_and_snapshot_metadata_too(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    driver.snapshot(ref, "before-archive")
+    virt.lookupByName(ref.name).managedSave(0)
+    assert driver.archive(ref).changed
+    assert domain_state(virt, ref) is None and has_volume(virt, ref)
+
+
+def test_purge_says_how_absence_was_verified_and_is_idempotent(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    driver.archive(ref)
+    outcome = driver.purge(ref)
+    assert outcome.changed and outcome.evidence["verified_by"] == "refreshed pool listing"
+    assert outcome.observed.power == Power.ABSENT and not outcome.observed.data_present
+    again = driver.purge(ref)
+    assert not again.changed and again.evidence["verified_absent"] is True
+    assert again.evidence["method"].startswith("none") and not has_volume(virt, ref)
+
+
+class Forgetful(LibvirtCompute):
+    """The real driver, reporting a destruction it did not do."""
+
+    def _destroy_volume(self, conn: libvirt.virConnect, volume: Any) -> dict[str, Any]:
+        return {"method": "delete-only", "bytes": 0}
+
+
+def test_a_purge_that_cannot_be_verified_fails(virt: libvirt.virConnect, ref: ServiceRef) -> None:
+    driver = Forgetful("test:///default")
+    driver.create(ref, MachineSpec())
+    with pytest.raises(PermanentError, match="left data behind"):
+        driver.purge(ref)
+    assert has_volume(virt, ref)
+
+
+def test_a_bad_uri_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentError, match="nonexistent"):
+        LibvirtCompute("test:///nonexistent/file.xml").inspect(ServiceRef("x", "h"))
+
+
+def test_a_domain_type_that_does_not_fit_the_uri_is_refused() -> None:
+    with pytest.raises(PermanentError) as caught:
+        LibvirtCompute("qemu+ssh://root:hunter2@kvm1/system", domain_type="test")
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(PermanentError):
+        LibvirtCompute("test:///default", domain_type="kvm")
+    assert LibvirtCompute("qemu:///system").domain_type == "kvm"
+
+
+def test_capabilities_declare_exactly_what_works(driver: LibvirtCompute) -> None:
+    suspends = {c for c in driver.capabilities if c.startswith("suspend:")}
+    assert suspends == {
+        Capability.SUSPEND_PAUSE,
+        Capability.SUSPEND_SHUTDOWN,
+        Capability.SUSPEND_CUT_NETWORK,
+    }
+    assert {Capability.ARCHIVE, Capability.RESTORE, Capability.PURGE} <= driver.capabilities
+    assert Capability.BIND_ADDRESSES not in driver.capabilities
+    raw_on_qemu = LibvirtCompute("qemu:///system", pool="p")
+    assert Capability.SNAPSHOT not in raw_on_qemu.capabilities  # raw volumes hold no snapshots

@@ -12,11 +12,13 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from drivers.base import ServiceRef
 from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import Policy, load_policy
@@ -39,6 +41,17 @@ def lab() -> str:
 @pytest.fixture(scope="module")
 def lab_inventory(lab: str) -> Inventory:
     return load_inventory(REPO / "inventory" / "lab-libvirt.yaml")
+
+
+@pytest.fixture(autouse=True)
+def remove_guests_afterwards() -> Iterator[None]:
+    """Each test's guests go when it ends, whatever happened: the lab is shared."""
+    before = set(virsh("list", "--all", "--name").stdout.split())
+    yield
+    for name in set(virsh("list", "--all", "--name").stdout.split()) - before:
+        virsh("destroy", name)
+        virsh("undefine", name, "--snapshots-metadata")
+        virsh("vol-delete", "--pool", "orchestrator-lab", f"{name}.qcow2")
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:
@@ -179,3 +192,35 @@ def test_a_batch_survives_libvirtd_being_killed(
         # short was superseded by what the real state then called for.
         assert done.count("create") <= 1 and done.count("assign_ips") == 1, (service, rows)
         assert {"create", "resume"} & set(done), (service, rows)
+
+
+def test_snapshots_and_a_package_change_on_a_real_guest(
+    lab: str, lab_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    sid = f"s{uuid.uuid4().hex[:7]}"
+    orch = _orchestrator(tmp_path, policies, lab_inventory)
+    orch.ingest(events(created(sid)), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    wait_for_guest_data(sid)
+    driver, ref = orch.driver("kvm-jkt-1"), ServiceRef(sid, "kvm-jkt-1")
+    driver.snapshot(ref, "before-upgrade")
+    assert virsh("snapshot-list", f"svc-{sid}", "--name").stdout.split() == ["before-upgrade"]
+    driver.revert(ref, "before-upgrade")
+    assert domain_state(sid) == "running"
+    driver.delete_snapshot(ref, "before-upgrade")
+    assert virsh("snapshot-list", f"svc-{sid}", "--name").stdout.split() == []
+    change = {
+        "id": f"{sid}-upgrade",
+        "service": sid,
+        "at": "2026-11-25T10:00:00+07:00",
+        "data": {
+            "type": "service.package_changed",
+            "spec": {"vcpus": 2, "memory_mib": 256, "disk_gib": 2},
+        },
+    }
+    orch.ingest(events(change), wib(2026, 11, 25, 10))
+    orch.apply(wib(2026, 11, 25, 10, 1))
+    info = virsh("dominfo", f"svc-{sid}").stdout
+    assert "CPU(s):         2" in info and "262144 KiB" in info and domain_state(sid) == "running"
+    capacity = virsh("vol-info", "--pool", "orchestrator-lab", f"svc-{sid}.qcow2", "--bytes").stdout
+    assert "2147483648 bytes" in capacity
