@@ -91,6 +91,15 @@ BASE_CAPABILITIES = frozenset(
     }
 )
 SAMPLE_BYTES = 4096
+QUARANTINE_FILTER = "orchestrator-quarantine"
+QUARANTINE_FILTER_XML = (
+    f"<filter name='{QUARANTINE_FILTER}' chain='root'>"
+    "<filterref filter='no-mac-spoofing'/>"
+    "<rule action='drop' direction='inout' priority='100'><arp/></rule>"
+    "<rule action='drop' direction='inout' priority='100'><ip/></rule>"
+    "<rule action='drop' direction='inout' priority='100'><ipv6/></rule>"
+    "</filter>"
+)
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, not printed
 
 
@@ -148,7 +157,8 @@ class LibvirtCompute(ComputeDriver):
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(5)  # libvirtd serves 5 calls per client
         snapshots = {Capability.SNAPSHOT} if self.is_test or base_volume else set()
-        self.capabilities = BASE_CAPABILITIES | snapshots
+        wire = set() if self.is_test else {Capability.BIND_ADDRESSES}  # nwfilter needs libvirtd
+        self.capabilities = BASE_CAPABILITIES | snapshots | wire
 
     @property
     def is_test(self) -> bool:
@@ -230,6 +240,7 @@ class LibvirtCompute(ComputeDriver):
             data_present=has_data,
             vcpus=vcpus,
             memory_mib=memory_mib,
+            addresses=_bound_addresses(domain) or (),
             disk_gib=volume.info()[1] // 1024**3 if volume is not None else 0,
             autostart=bool(domain.autostart()),
         )
@@ -392,6 +403,19 @@ class LibvirtCompute(ComputeDriver):
             "nonzero_samples": 0,
         }
 
+    def bind_addresses(self, ref: ServiceRef, addresses: tuple[str, ...]) -> Outcome:
+        """Traffic from the guest only from its assigned addresses (nwfilter clean-traffic)."""
+        self.require(Capability.BIND_ADDRESSES)
+        wanted = tuple(sorted(addresses))
+        with self._call(f"bind addresses of {ref.name}") as conn:
+            domain = self._existing(conn, ref, "nothing to bind")
+            if _bound_addresses(domain) == wanted and (wanted or _quarantined(domain)):
+                return Outcome(False, self._observe(conn, ref), f"bound to {list(wanted)}")
+            _ensure_quarantine_filter(conn)
+            for live in (True, False) if domain.isActive() else (False,):
+                _rewrite_interfaces(domain, lambda i: _with_filter(i, wanted), live)
+            return Outcome(True, self._observe(conn, ref), f"bound to {list(wanted)}")
+
     def _existing(
         self, conn: libvirt.virConnect, ref: ServiceRef, hint: str = ""
     ) -> libvirt.virDomain:
@@ -518,12 +542,54 @@ class LibvirtCompute(ComputeDriver):
 
 def _set_links(domain: libvirt.virDomain, state: str, live: bool) -> None:
     """Like ``virsh domif-setlink``: each interface of that view, rewritten and updated."""
+
+    def rewrite(interface: str) -> str:
+        unlinked = re.sub(r"<link state=['\"]\w+['\"]/>", "", interface)
+        return unlinked.replace("</interface>", f"<link state='{state}'/></interface>")
+
+    _rewrite_interfaces(domain, rewrite, live)
+
+
+def _rewrite_interfaces(
+    domain: libvirt.virDomain, rewrite: Callable[[str], str], live: bool
+) -> None:
     xml = domain.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE)
     flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if live else libvirt.VIR_DOMAIN_AFFECT_CONFIG
     for interface in re.findall(r"<interface .*?</interface>", xml, re.S):
-        changed = re.sub(r"<link state=['\"]\w+['\"]/>", "", interface)
-        changed = changed.replace("</interface>", f"<link state='{state}'/></interface>")
-        domain.updateDeviceFlags(changed, flags)
+        domain.updateDeviceFlags(rewrite(interface), flags)
+
+
+def _with_filter(interface: str, addresses: tuple[str, ...]) -> str:
+    bare = re.sub(r"<filterref[^>]*/>|<filterref.*?</filterref>", "", interface, flags=re.S)
+    return bare.replace("</interface>", f"{_filterref(addresses)}</interface>")
+
+
+def _quarantined(domain: libvirt.virDomain) -> bool:
+    return f"filter='{QUARANTINE_FILTER}'" in domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def _ensure_quarantine_filter(conn: libvirt.virConnect) -> None:
+    if QUARANTINE_FILTER not in conn.listNWFilters():
+        conn.nwfilterDefineXML(QUARANTINE_FILTER_XML)
+
+
+def _filterref(addresses: tuple[str, ...]) -> str:
+    """clean-traffic with the addresses the store assigned; none assigned, nothing passes."""
+    if not addresses:
+        return f"<filterref filter='{QUARANTINE_FILTER}'/>"
+    parameters = "".join(f"<parameter name='IP' value='{escape(a)}'/>" for a in addresses)
+    return f"<filterref filter='clean-traffic'>{parameters}</filterref>"
+
+
+def _bound_addresses(domain: libvirt.virDomain) -> tuple[str, ...] | None:
+    """The addresses the interface's filter allows; None when no filter binds it."""
+    xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    filterref = re.search(r"<filterref filter=['\"]([\w-]+)['\"].*?(?:/>|</filterref>)", xml, re.S)
+    if filterref is None:
+        return None
+    return tuple(
+        sorted(re.findall(r"<parameter name=['\"]IP['\"] value=['\"]([^'\"]+)", filterref.group(0)))
+    )
 
 
 def _is_test_uri(uri: str) -> bool:

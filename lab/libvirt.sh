@@ -22,7 +22,8 @@ virsh=(virsh -q -c "$uri")
 
 install_packages() {
   local wanted=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-                qemu-utils busybox-static linux-image-amd64 cpio kmod iptables ebtables)
+                qemu-utils busybox-static linux-image-amd64 cpio kmod iptables ebtables
+                libvirt-daemon-config-nwfilter)
   local missing=()
   for package in "${wanted[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -85,6 +86,16 @@ define_network() {
   [[ $("${virsh[@]}" net-info "$network") =~ Active:\ +yes ]] || "${virsh[@]}" net-start "$network" >/dev/null
 }
 
+define_filters() {
+  # Debian's filter files (clean-traffic and what it includes) are loaded by
+  # a libvirtd that starts after they are installed; define any it lacks.
+  local known
+  known=$("${virsh[@]}" nwfilter-list | awk '{print $2}')
+  for file in /etc/libvirt/nwfilter/*.xml; do
+    grep -qx "$(basename "$file" .xml)" <<<"$known" || "${virsh[@]}" nwfilter-define "$file" >/dev/null
+  done
+}
+
 probe_accel() {
   [ -s "$LAB_DIR/accel" ] && return 0
   local reason="no /dev/kvm"
@@ -108,6 +119,7 @@ up() {
   probe_accel
   define_pool
   define_network
+  define_filters
   status
 }
 

@@ -8,6 +8,7 @@ driver; guests are real QEMU processes (TCG where KVM cannot boot them).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from drivers.base import ServiceRef
+from orchestrator import ipam
 from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import Policy, load_policy
@@ -224,3 +226,54 @@ def test_snapshots_and_a_package_change_on_a_real_guest(
     assert "CPU(s):         2" in info and "262144 KiB" in info and domain_state(sid) == "running"
     capacity = virsh("vol-info", "--pool", "orchestrator-lab", f"svc-{sid}.qcow2", "--bytes").stdout
     assert "2147483648 bytes" in capacity
+
+
+def filter_of(service: str) -> tuple[str, list[str]]:
+    """The nwfilter on the guest's interface and its IP parameters, as libvirt holds them."""
+    xml = virsh("dumpxml", f"svc-{service}").stdout
+    name = re.search(r"<filterref filter='([\w-]+)'", xml)
+    return (name.group(1) if name else "", re.findall(r"<parameter name='IP' value='([^']+)'", xml))
+
+
+def test_a_reclaimed_address_is_reclaimed_on_the_wire(
+    lab: str, lab_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    sid = f"w{uuid.uuid4().hex[:7]}"
+    orch = _orchestrator(tmp_path, policies, lab_inventory)
+    orch.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    with orch.sessions() as session:
+        (address,) = ipam.held_by(session, sid)
+    assert filter_of(sid) == ("clean-traffic", [address])
+    interface = virsh("domiflist", f"svc-{sid}").stdout.split()[0]
+    bindings = virsh("nwfilter-binding-list").stdout
+    assert interface in bindings and "clean-traffic" in bindings
+    orch.apply(wib(2026, 12, 9, 0, 1))  # Klikserver: more than 7 days unpaid, then terminated
+    assert domain_state(sid) == "absent"
+    orch.ingest(events(paid(sid, "2026-12-10T10:00:00+07:00")), wib(2026, 12, 10, 10))
+    orch.apply(wib(2026, 12, 10, 10, 1))  # restored from the archive, same address back
+    assert domain_state(sid) == "running" and filter_of(sid) == ("clean-traffic", [address])
+    orch.ingest(
+        events(invoice(sid, "2027-01-01", "inv-2", at="2026-12-15T10:00:00+07:00")),
+        wib(2026, 12, 15, 10),
+    )
+    orch.apply(wib(2027, 1, 9, 0, 1))
+    with orch.sessions() as session:
+        assert ipam.held_by(session, sid) == ()
+
+
+def test_binding_follows_the_store_while_the_guest_runs(
+    lab: str, lab_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    sid = f"q{uuid.uuid4().hex[:7]}"
+    orch = _orchestrator(tmp_path, policies, lab_inventory)
+    orch.ingest(events(created(sid)), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    driver, ref = orch.driver("kvm-jkt-1"), ServiceRef(sid, "kvm-jkt-1")
+    assert driver.bind_addresses(ref, ()).changed
+    assert filter_of(sid) == ("orchestrator-quarantine", [])
+    assert "orchestrator-quarantine" in virsh("nwfilter-binding-list").stdout
+    assert driver.bind_addresses(ref, ("192.0.2.77",)).changed
+    assert not driver.bind_addresses(ref, ("192.0.2.77",)).changed
+    assert filter_of(sid) == ("clean-traffic", ["192.0.2.77"])
+    assert driver.inspect(ref).addresses == ("192.0.2.77",)
