@@ -19,20 +19,13 @@ uri=qemu:///system
 pool=orchestrator-lab
 network=orchestrator-lab
 virsh=(virsh -q -c "$uri")
+# shellcheck source=lab/apt.sh
+source "$here/apt.sh"
 
 install_packages() {
-  local wanted=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
-                qemu-utils busybox-static linux-image-amd64 cpio kmod iptables ebtables
-                libvirt-daemon-config-nwfilter)
-  local missing=()
-  for package in "${wanted[@]}"; do
-    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    echo "lab: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  install_missing libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+    qemu-utils busybox-static linux-image-amd64 cpio kmod iptables ebtables \
+    libvirt-daemon-config-nwfilter
 }
 
 create_users_and_dirs() {

@@ -7,16 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libvirt-dev libvirt-clients pkg-config python3-venv gcc)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "lab/setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source lab/apt.sh
+install_missing libvirt-dev libvirt-clients pkg-config python3-venv gcc
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -81,6 +81,22 @@ def paid(service: str, at: str, invoice_id: str = "inv-1") -> dict[str, Any]:
     }
 
 
+def package_changed(
+    service: str,
+    vcpus: int,
+    memory_mib: int,
+    disk_gib: int,
+    at: str = "2026-11-25T10:00:00+07:00",
+) -> dict[str, Any]:
+    spec = {"vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib}
+    return {
+        "id": f"{service}-package-{at}",
+        "service": service,
+        "at": at,
+        "data": {"type": "service.package_changed", "spec": spec},
+    }
+
+
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Engine:
     engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")

@@ -24,7 +24,7 @@ from orchestrator.guards import BreakerSettings
 from orchestrator.inventory import Inventory
 from orchestrator.policy import Policy
 from orchestrator.store.models import ServiceRow, StepRow
-from tests.conftest import created, events, invoice, paid, wib
+from tests.conftest import created, events, invoice, package_changed, paid, wib
 
 
 @pytest.fixture(scope="module")
@@ -408,15 +408,7 @@ def test_a_package_change_resizes_the_machine(
 ) -> None:
     orchestrator.ingest(events(created(sid)), wib(2026, 11, 20))
     orchestrator.apply(wib(2026, 11, 20, 0, 1))
-    change = {
-        "id": f"{sid}-upgrade",
-        "service": sid,
-        "at": "2026-11-25T10:00:00+07:00",
-        "data": {
-            "type": "service.package_changed",
-            "spec": {"vcpus": 2, "memory_mib": 1024, "disk_gib": 1},
-        },
-    }
+    change = package_changed(sid, 2, 1024, 1)
     orchestrator.ingest(events(change), wib(2026, 11, 25, 10))
     orchestrator.apply(wib(2026, 11, 25, 10, 1))
     assert _steps(orchestrator, sid)[-1] == ("resize", "done")

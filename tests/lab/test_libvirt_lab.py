@@ -26,7 +26,7 @@ from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import Policy, load_policy
 from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import StepRow
-from tests.conftest import REPO, created, events, invoice, paid, wib
+from tests.conftest import REPO, created, events, invoice, package_changed, paid, wib
 
 LAB_DIR = Path("/var/lib/orchestrator-lab")
 VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
@@ -211,15 +211,7 @@ def test_snapshots_and_a_package_change_on_a_real_guest(
     assert domain_state(sid) == "running"
     driver.delete_snapshot(ref, "before-upgrade")
     assert virsh("snapshot-list", f"svc-{sid}", "--name").stdout.split() == []
-    change = {
-        "id": f"{sid}-upgrade",
-        "service": sid,
-        "at": "2026-11-25T10:00:00+07:00",
-        "data": {
-            "type": "service.package_changed",
-            "spec": {"vcpus": 2, "memory_mib": 256, "disk_gib": 2},
-        },
-    }
+    change = package_changed(sid, 2, 256, 2)
     orch.ingest(events(change), wib(2026, 11, 25, 10))
     orch.apply(wib(2026, 11, 25, 10, 1))
     info = virsh("dominfo", f"svc-{sid}").stdout
