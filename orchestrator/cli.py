@@ -27,10 +27,10 @@ from orchestrator import audit
 from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.lifecycle import Verdict
 from orchestrator.policy import load_policies, load_policy, policy_schema
 from orchestrator.store.db import database_url, migrate, open_engine
 from orchestrator.store.models import ServiceRow, StepRow
+from orchestrator.views import verdict_json
 from orchestrator.yamlerrors import PolicyError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,42 +235,6 @@ def explain(
     moment = parse_at(at)
     data = verdict_json(service, orchestrator.verdict(facts, moment), facts.policy)
     _emit(data, as_json, _explain_render)
-
-
-def verdict_json(service: str, verdict: Verdict, policy: str) -> dict[str, Any]:
-    return {
-        "service": service,
-        "policy": policy,
-        "at": verdict.at.isoformat(),
-        "phase": verdict.phase.value,
-        "good_standing": verdict.good_standing,
-        "next_transition": verdict.next_at.isoformat() if verdict.next_at else None,
-        "reasons": [
-            {
-                "owner": r.owner.value,
-                "detail": r.detail,
-                "since": r.since.isoformat(),
-                "until": r.until.isoformat() if r.until else None,
-            }
-            for r in verdict.reasons
-        ],
-        "undo": list(verdict.undo),
-        "timeline": [
-            {
-                "at": e.at.isoformat(),
-                "day": e.at.date().isoformat(),
-                "step": e.step.value,
-                "phase": e.phase.value,
-                "method": e.method,
-                "clause": e.clause,
-                "reached": e.blocked_by is None and e.at <= verdict.at,
-                "blocked_by": e.blocked_by,
-                "if_paid_after": list(e.if_paid),
-                "note": e.note,
-            }
-            for e in verdict.timeline
-        ],
-    }
 
 
 def _explain_render(data: dict[str, Any]) -> None:
@@ -486,6 +450,44 @@ def _steps_table(rows: list[dict[str, Any]]) -> None:
             *(str(row[c] or "") for c in ("id", "service", "kind", "state", "created_at", "error"))
         )
     out.print(table)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    secrets_file: Annotated[
+        Path | None,
+        typer.Option(help="signing secrets, one a line (else ORCHESTRATOR_HOOK_SECRETS)"),
+    ] = None,
+) -> None:
+    """Serve the billing system's signed hooks (FastAPI under uvicorn)."""
+    import uvicorn
+
+    from orchestrator.api import create_app
+
+    secrets = _hook_secrets(secrets_file)
+    if not secrets:
+        raise _fail("no signing secret: set ORCHESTRATOR_HOOK_SECRETS or give --secrets-file")
+    orchestrator = _orchestrator(ctx, migrate_store=True)
+    uvicorn.run(create_app(orchestrator, secrets), host=host, port=port, log_level="info")
+
+
+@app.command()
+def openapi() -> None:
+    """The hooks API's OpenAPI document (kept in the repo as orchestrator/openapi.json)."""
+    from orchestrator.api import openapi_document
+
+    _emit(openapi_document(), True)
+
+
+def _hook_secrets(path: Path | None) -> list[bytes]:
+    """Secrets come from a file or the environment, never the command line."""
+    text = (
+        _read(path) if path else os.environ.get("ORCHESTRATOR_HOOK_SECRETS", "").replace(",", "\n")
+    )
+    return [line.strip().encode() for line in text.splitlines() if line.strip()]
 
 
 @app.command()

@@ -30,7 +30,7 @@ from orchestrator.inventory import HostVars, Inventory
 from orchestrator.lifecycle import Phase, Verdict, lifecycle
 from orchestrator.policy import Policy
 from orchestrator.reconcile import Action, Current, StepSpec, assumed, reconcile
-from orchestrator.store.models import AddressRow, EventRow, ServiceRow, StepRow
+from orchestrator.store.models import AddressRow, EventRow, MetaRow, ServiceRow, StepRow
 
 log = logging.getLogger("orchestrator")
 NEW = "new"
@@ -258,6 +258,8 @@ class Orchestrator:
         report.steps = self._executor(now, yes).run(runnable, now)
         for service_id in dict.fromkeys([*due, *(s.service_id for s in runnable)]):
             self._settle(service_id, now)
+        with self.sessions.begin() as session:
+            session.merge(MetaRow(key="last_tick", value=now.isoformat()))
         return report
 
     def _journal_service(

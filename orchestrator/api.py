@@ -1,0 +1,288 @@
+"""The billing system's hooks: signed events, module commands, reads, health, metrics.
+
+Served by ``orchestrator serve`` (uvicorn). Every write is signed (see
+``orchestrator.signing``); module commands take an ``Idempotency-Key``
+whose first response is stored and replayed, and the same key with a
+different request is refused with 422. Writes only record facts: the
+scheduler's next tick (or ``orchestrator apply``) acts on them.
+"""
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from orchestrator.engine import Orchestrator
+from orchestrator.events import EventError, Spec, parse_events
+from orchestrator.policy import ProductKind
+from orchestrator.signing import (
+    MAX_AGE_SECONDS,
+    MAX_AHEAD_SECONDS,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+    verify,
+)
+from orchestrator.store.models import (
+    HookSignatureRow,
+    IdempotencyRow,
+    MetaRow,
+    ServiceRow,
+    StepRow,
+)
+from orchestrator.views import verdict_json
+
+Clock = Callable[[], datetime]
+Command = Literal["create", "suspend", "unsuspend", "terminate", "change-package"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(Strict):
+    customer: str = Field(min_length=1)
+    policy: str = Field(min_length=1)
+    product: ProductKind
+    host: str = Field(min_length=1)
+    spec: Spec = Spec()
+    subscription_end: date | None = None
+
+
+class SuspendBody(Strict):
+    reason: str = ""
+
+
+class TerminateBody(Strict):
+    effective: AwareDatetime | None = None
+
+
+class ChangePackageBody(Strict):
+    spec: Spec
+
+
+BODIES: dict[str, type[BaseModel]] = {
+    "create": CreateBody,
+    "suspend": SuspendBody,
+    "unsuspend": Strict,
+    "terminate": TerminateBody,
+    "change-package": ChangePackageBody,
+}
+EVENT_TYPES = {
+    "create": "service.created",
+    "suspend": "admin.suspended",
+    "unsuspend": "admin.unsuspended",
+    "terminate": "service.cancelled",
+    "change-package": "service.package_changed",
+}
+
+
+class Accepted(BaseModel):
+    accepted: list[str]
+    duplicates: list[str]
+
+
+def create_app(
+    orchestrator: Orchestrator, secrets: Sequence[bytes], clock: Clock = lambda: datetime.now(UTC)
+) -> FastAPI:
+    if not secrets:
+        raise ValueError("the hooks API needs at least one signing secret")
+    app = FastAPI(title="Provisioning orchestrator hooks", version="1")
+
+    async def signed(
+        request: Request,
+        timestamp: Annotated[str | None, Header(alias=TIMESTAMP_HEADER)] = None,
+        signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
+    ) -> bytes:
+        body = await request.body()
+        now = clock()
+        try:
+            verify(secrets, timestamp, signature, body, now)
+        except SignatureError as exc:
+            raise HTTPException(401, f"unsigned or badly signed request: {exc}") from None
+        if not _first_sight(orchestrator, str(signature), now):
+            raise HTTPException(409, "replayed request: this signature was already used")
+        return body
+
+    @app.post("/v1/events", status_code=202, response_model=Accepted)
+    def post_events(body: Annotated[bytes, Depends(signed)]) -> Accepted:
+        """Billing events, one object or an array; an id seen before is ignored."""
+        report = _ingest(orchestrator, body, clock(), "billing")
+        return Accepted(accepted=report.accepted, duplicates=report.duplicates)
+
+    @app.post("/v1/services/{service_id}/{command}", status_code=202)
+    def post_command(
+        service_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")],
+        command: Command,
+        body: Annotated[bytes, Depends(signed)],
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", max_length=200)
+        ] = None,
+    ) -> Response:
+        """WHMCS-style module commands: CreateAccount, SuspendAccount, ... as facts."""
+        return _command(orchestrator, clock, service_id, command, body, idempotency_key)
+
+    @app.get("/v1/services/{service_id}")
+    def get_service(service_id: str) -> dict[str, Any]:
+        """Phase, reasons and dated timeline, as ``orchestrator explain --json``."""
+        try:
+            facts = orchestrator.facts(service_id)
+        except KeyError:
+            raise HTTPException(404, f"unknown service {service_id!r}") from None
+        return verdict_json(service_id, orchestrator.verdict(facts, clock()), facts.policy)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        with orchestrator.sessions() as session:
+            session.execute(select(1))
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        return prometheus_text(orchestrator)
+
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document as served; needs no store or secret to describe the routes."""
+    app = create_app(None, [b"-"])  # type: ignore[arg-type]
+    return app.openapi()
+
+
+def _first_sight(orchestrator: Orchestrator, signature: str, now: datetime) -> bool:
+    """A signature is good once; it is forgotten when its timestamp could no longer pass."""
+    horizon = now - timedelta(seconds=MAX_AGE_SECONDS + MAX_AHEAD_SECONDS)
+    try:
+        with orchestrator.sessions.begin() as session:
+            session.execute(delete(HookSignatureRow).where(HookSignatureRow.seen_at < horizon))
+            session.add(HookSignatureRow(signature=signature[:80], seen_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def _ingest(orchestrator: Orchestrator, body: bytes, now: datetime, actor: str) -> Any:
+    try:
+        return orchestrator.ingest(parse_events(body), now, actor=actor)
+    except (EventError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"nothing was stored: {exc}") from None
+
+
+def _command(
+    orchestrator: Orchestrator,
+    clock: Clock,
+    service_id: str,
+    command: str,
+    body: bytes,
+    key: str | None,
+) -> Response:
+    digest = hashlib.sha256(f"{service_id}/{command}\n".encode() + body).hexdigest()
+    if key is not None and (stored := _stored(orchestrator, key)) is not None:
+        if stored.request_hash != digest:
+            raise HTTPException(422, "this Idempotency-Key was used for a different request")
+        return JSONResponse(json.loads(stored.body), status_code=stored.status)
+    now = clock()
+    event = _command_event(service_id, command, body, key, now)
+    report = _ingest(orchestrator, json.dumps(event).encode(), now, "billing:command")
+    content = {
+        "service": service_id,
+        "command": command,
+        "event": event["id"],
+        "accepted": bool(report.accepted),
+    }
+    if key is not None:
+        content = _remember(orchestrator, key, digest, 202, content, now)
+    return JSONResponse(content, status_code=202)
+
+
+def _command_event(
+    service_id: str, command: str, body: bytes, key: str | None, now: datetime
+) -> dict[str, Any]:
+    try:
+        raw = json.loads(body or b"{}")
+        data = BODIES[command].model_validate(raw).model_dump(mode="json", exclude_none=True)
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(422, f"bad {command} request: {exc}") from None
+    event_id = f"cmd-{key}" if key else f"cmd-{uuid.uuid4().hex}"
+    return {
+        "id": event_id,
+        "service": service_id,
+        "at": now.isoformat(),
+        "data": {"type": EVENT_TYPES[command], **data},
+    }
+
+
+def _stored(orchestrator: Orchestrator, key: str) -> IdempotencyRow | None:
+    with orchestrator.sessions() as session:
+        return session.get(IdempotencyRow, key)
+
+
+def _remember(
+    orchestrator: Orchestrator,
+    key: str,
+    digest: str,
+    status: int,
+    content: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """Keep the first response; a racing twin's insert fails and it replays ours."""
+    try:
+        with orchestrator.sessions.begin() as session:
+            session.add(
+                IdempotencyRow(
+                    key=key,
+                    request_hash=digest,
+                    status=status,
+                    body=json.dumps(content),
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        stored = _stored(orchestrator, key)
+        return json.loads(stored.body) if stored else content
+    return content
+
+
+def prometheus_text(orchestrator: Orchestrator) -> str:
+    """Steps by kind and state, open steps, breaker, last tick, services by phase."""
+    with orchestrator.sessions() as session:
+        steps = session.execute(
+            select(StepRow.kind, StepRow.state, func.count()).group_by(StepRow.kind, StepRow.state)
+        ).all()
+        phases = session.execute(
+            select(ServiceRow.phase, func.count()).group_by(ServiceRow.phase)
+        ).all()
+        breaker_open = orchestrator.breaker.is_open(session)
+        last_tick = session.get(MetaRow, "last_tick")
+    open_states = ("pending", "running", "retry", "held", "awaiting", "paused")
+    lines = [
+        "# HELP orchestrator_steps Journaled steps by kind and state.",
+        "# TYPE orchestrator_steps gauge",
+        *(f'orchestrator_steps{{kind="{k}",state="{s}"}} {n}' for k, s, n in steps),
+        "# HELP orchestrator_queue_depth Steps journaled and not finished.",
+        "# TYPE orchestrator_queue_depth gauge",
+        f"orchestrator_queue_depth {sum(n for _, s, n in steps if s in open_states)}",
+        "# HELP orchestrator_breaker_open 1 while the breaker holds destructive steps back.",
+        "# TYPE orchestrator_breaker_open gauge",
+        f"orchestrator_breaker_open {int(breaker_open)}",
+        "# HELP orchestrator_last_tick_timestamp_seconds When apply last ran.",
+        "# TYPE orchestrator_last_tick_timestamp_seconds gauge",
+        f"orchestrator_last_tick_timestamp_seconds {_timestamp(last_tick)}",
+        "# HELP orchestrator_services Services by phase.",
+        "# TYPE orchestrator_services gauge",
+        *(f'orchestrator_services{{phase="{p}"}} {n}' for p, n in phases),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _timestamp(row: MetaRow | None) -> float:
+    return datetime.fromisoformat(row.value).timestamp() if row else 0.0

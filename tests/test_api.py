@@ -1,0 +1,171 @@
+"""The hooks API served by uvicorn on loopback, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import func, select
+
+from orchestrator.api import create_app
+from orchestrator.engine import Orchestrator
+from orchestrator.signing import signed_headers
+from orchestrator.store.models import EventRow
+from tests.conftest import REPO, created, invoice, paid, wib
+
+OLD, NEW = b"rotating-out-secret", b"rotating-in-secret"
+
+
+@dataclass
+class Clock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Served:
+    client: httpx.Client
+    clock: Clock
+    orchestrator: Orchestrator
+
+    def post(
+        self,
+        path: str,
+        payload: object,
+        secret: bytes = NEW,
+        skew: int = 0,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> httpx.Response:
+        raw = json.dumps(payload).encode()
+        stamp = int(self.clock.now.timestamp()) + skew
+        sent = {
+            **signed_headers(secret, stamp, raw),
+            "Content-Type": "application/json",
+            **(headers or {}),
+        }
+        return self.client.post(path, content=body if body is not None else raw, headers=sent)
+
+    def events(self) -> int:
+        with self.orchestrator.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)
+
+
+@pytest.fixture
+def served(orchestrator: Orchestrator) -> Iterator[Served]:
+    clock = Clock(wib(2026, 11, 20, 10))
+    config = uvicorn.Config(
+        create_app(orchestrator, [OLD, NEW], clock), host="127.0.0.1", port=0, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield Served(client, clock, orchestrator)
+    server.should_exit = True
+    thread.join()
+
+
+def test_a_signed_event_is_taken_and_a_replayed_id_ignored(served: Served) -> None:
+    response = served.post("/v1/events", [created("h1"), invoice("h1", "2026-12-01")])
+    assert response.status_code == 202 and len(response.json()["accepted"]) == 2
+    again = served.post("/v1/events", [created("h1")], skew=1)  # resent, signed anew
+    assert again.status_code == 202 and again.json()["duplicates"] == ["h1-created"]
+    assert served.events() == 2
+
+
+def test_both_rotating_secrets_are_accepted_others_refused(served: Served) -> None:
+    assert served.post("/v1/events", created("h1"), secret=OLD).status_code == 202
+    refused = served.post("/v1/events", created("h2"), secret=b"guessed")
+    assert refused.status_code == 401 and "guessed" not in refused.text
+    assert served.events() == 1
+
+
+@pytest.mark.parametrize(("skew", "why"), [(-301, "stale"), (61, "future")])
+def test_stale_and_future_requests_are_refused(served: Served, skew: int, why: str) -> None:
+    response = served.post("/v1/events", created("h1"), skew=skew)
+    assert response.status_code == 401 and why in response.json()["detail"]
+    assert served.events() == 0
+
+
+def test_tampered_and_replayed_requests_change_nothing(served: Served) -> None:
+    tampered = json.dumps(created("h1", policy="cybernet")).encode()
+    assert served.post("/v1/events", created("h1"), body=tampered).status_code == 401
+    raw = json.dumps(created("h1")).encode()
+    headers = {
+        **signed_headers(NEW, int(served.clock.now.timestamp()), raw),
+        "Content-Type": "application/json",
+    }
+    assert served.client.post("/v1/events", content=raw, headers=headers).status_code == 202
+    replayed = served.client.post("/v1/events", content=raw, headers=headers)
+    assert replayed.status_code == 409 and served.events() == 1
+
+
+def test_a_malformed_event_is_refused_whole(served: Served) -> None:
+    bad = [
+        created("h1"),
+        {
+            "id": "x",
+            "service": "h1",
+            "at": "2026-11-20T10:00:00+07:00",
+            "data": {"type": "invoice.paid"},
+        },
+    ]
+    response = served.post("/v1/events", bad)
+    assert response.status_code == 422 and served.events() == 0
+
+
+def test_module_commands_replay_their_first_response(served: Served) -> None:
+    body = {"customer": "acme", "policy": "klikserver", "product": "kvm_vps", "host": "kvm-jkt-1"}
+    first = served.post("/v1/services/h1/create", body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202 and first.json()["accepted"] is True
+    again = served.post("/v1/services/h1/create", body, headers={"Idempotency-Key": "k-1"}, skew=1)
+    assert again.status_code == 202 and again.json() == first.json()
+    other = served.post(
+        "/v1/services/h1/create",
+        {**body, "host": "kvm-jkt-2"},
+        headers={"Idempotency-Key": "k-1"},
+        skew=2,
+    )
+    assert other.status_code == 422 and served.events() == 1
+    suspended = served.post("/v1/services/h1/suspend", {"reason": "chargeback"}, skew=3)
+    assert suspended.status_code == 202
+    state = served.client.get("/v1/services/h1").json()
+    assert state["phase"] == "suspended" and state["reasons"][0]["owner"] == "admin"
+
+
+def test_a_paid_invoice_unsuspends_at_the_next_tick(served: Served) -> None:
+    served.post("/v1/events", [created("h9"), invoice("h9", "2026-12-01")])
+    served.orchestrator.apply(wib(2026, 12, 6, 0, 1))
+    assert served.client.get("/v1/services/h9").json()["phase"] == "active"  # clock: 20 Nov
+    served.clock.now = wib(2026, 12, 6, 10)
+    assert served.client.get("/v1/services/h9").json()["phase"] == "suspended"
+    assert served.post("/v1/events", paid("h9", "2026-12-06T10:00:00+07:00")).status_code == 202
+    report = served.orchestrator.apply(served.clock.now + timedelta(minutes=1))
+    assert [(s.kind, s.state) for s in report.steps] == [("resume", "done")]
+
+
+def test_health_metrics_and_the_published_openapi(served: Served) -> None:
+    assert served.client.get("/healthz").json() == {"status": "ok"}
+    served.post("/v1/events", created("h1"))
+    served.orchestrator.apply(wib(2026, 11, 20, 10, 1))
+    metrics = served.client.get("/metrics").text
+    assert 'orchestrator_steps{kind="create",state="done"} 1' in metrics
+    assert "orchestrator_queue_depth 0" in metrics and "orchestrator_breaker_open 0" in metrics
+    tick = wib(2026, 11, 20, 10, 1).timestamp()
+    assert f"orchestrator_last_tick_timestamp_seconds {tick}" in metrics
+    published = json.loads((REPO / "orchestrator" / "openapi.json").read_text())
+    assert served.client.get("/openapi.json").json() == published
+    assert served.client.get("/v1/services/nope").status_code == 404
