@@ -92,7 +92,7 @@ def fill(orchestrator: Orchestrator, count: int, due: int) -> None:
                 "state": "assigned",
                 "service_id": f"svc-{n:07d}",
             }
-            for n in range(min(count, 60000))
+            for n in range(count)
         ]
         session.execute(insert(AddressRow), addresses)
 
