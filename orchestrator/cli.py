@@ -453,6 +453,26 @@ def _steps_table(rows: list[dict[str, Any]]) -> None:
 
 
 @app.command()
+def run(
+    ctx: typer.Context,
+    tick: Annotated[float, typer.Option(help="seconds between reconcile ticks")] = 60.0,
+    sync_every: Annotated[float, typer.Option(help="seconds between state syncs")] = 300.0,
+    takeover: Annotated[float, typer.Option(help="how often a standby tries to lead")] = 5.0,
+) -> None:
+    """The daemon: the active one schedules the ticks, the others stand by."""
+    from orchestrator.daemon import DaemonConfig, configure_logging, stop_on_signals
+    from orchestrator.daemon import run as run_daemon
+
+    config: Config = ctx.obj
+    _orchestrator(ctx)  # a broken policy or inventory stops the daemon before it starts
+    configure_logging()
+    daemon = DaemonConfig(
+        config.db, str(config.policies), str(config.inventory), tick, sync_every, takeover
+    )
+    raise typer.Exit(run_daemon(daemon, stop_on_signals()))
+
+
+@app.command()
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",

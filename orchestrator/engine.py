@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import ComputeDriver, DriverError, Observed, Power, ServiceRef, load_compute
@@ -266,25 +266,53 @@ class Orchestrator:
         self, service_id: str, now: datetime, report: ApplyReport, actor: str = "scheduler"
     ) -> int:
         facts = self.facts(service_id)
-        verdict = self.verdict(facts, now)
         try:
             observed = self.driver(facts.host).inspect(ServiceRef(service_id, facts.host))
         except DriverError as exc:
             report.skipped.append(f"{service_id}: cannot observe: {exc}")
             return 0
         with self.sessions.begin() as session:
-            current = Current(
-                observed,
-                ipam.held_by(session, service_id),
-                journal.purged(session, service_id),
-                actions.machine_spec(facts),
-            )
-            specs = reconcile(service_id, verdict, current, facts.revision)
+            verdict, specs = self._steps_for(session, facts, observed, now)
             rows = journal.enqueue(session, specs, facts.host, now)
             if rows:
                 detail = {"steps": [r.kind for r in rows], "phase": verdict.phase.value}
                 audit.append(session, now, actor, "steps.journaled", service_id, detail)
             return len(rows)
+
+    def _steps_for(
+        self, session: Session, facts: Facts, observed: Observed, now: datetime
+    ) -> tuple[Verdict, list[StepSpec]]:
+        """Reconcile against what a driver just saw and what the store holds."""
+        verdict = self.verdict(facts, now)
+        held, purged = (
+            ipam.held_by(session, facts.service_id),
+            journal.purged(session, facts.service_id),
+        )
+        current = Current(observed, held, purged, actions.machine_spec(facts))
+        return verdict, reconcile(facts.service_id, verdict, current, facts.revision)
+
+    def sync(self, now: datetime) -> list[str]:
+        """Services whose real state differs from what the store says was applied become due."""
+        with self.sessions() as session:
+            ids = list(
+                session.scalars(select(ServiceRow.id).where(ServiceRow.applied_phase != NEW))
+            )
+        drifted = [service_id for service_id in ids if self._drifted(service_id, now)]
+        if drifted:
+            with self.sessions.begin() as session:
+                session.execute(
+                    update(ServiceRow).where(ServiceRow.id.in_(drifted)).values(next_at=now)
+                )
+        return drifted
+
+    def _drifted(self, service_id: str, now: datetime) -> bool:
+        facts = self.facts(service_id)
+        try:
+            observed = self.driver(facts.host).inspect(ServiceRef(service_id, facts.host))
+        except DriverError:
+            return False
+        with self.sessions() as session:
+            return bool(self._steps_for(session, facts, observed, now)[1])
 
     def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
         """The runnable steps; destructive ones only if the breaker lets this many through."""

@@ -13,7 +13,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,47 +21,12 @@ from sqlalchemy import select
 from drivers.base import ServiceRef
 from orchestrator import ipam
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.inventory import Inventory
 from orchestrator.policy import Policy, load_policy
 from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import StepRow
 from tests.conftest import REPO, created, events, invoice, package_changed, paid, wib
-
-LAB_DIR = Path("/var/lib/orchestrator-lab")
-VIRSH = ["virsh", "-q", "-c", "qemu:///system"]
-
-
-@pytest.fixture(scope="module")
-def lab() -> str:
-    subprocess.run(
-        ["bash", str(REPO / "lab" / "libvirt.sh"), "up"], check=True, capture_output=True
-    )
-    return (LAB_DIR / "accel").read_text().strip()
-
-
-@pytest.fixture(scope="module")
-def lab_inventory(lab: str) -> Inventory:
-    return load_inventory(REPO / "inventory" / "lab-libvirt.yaml")
-
-
-@pytest.fixture(autouse=True)
-def remove_guests_afterwards() -> Iterator[None]:
-    """Each test's guests go when it ends, whatever happened: the lab is shared."""
-    before = set(virsh("list", "--all", "--name").stdout.split())
-    yield
-    for name in set(virsh("list", "--all", "--name").stdout.split()) - before:
-        virsh("destroy", name)
-        virsh("undefine", name, "--snapshots-metadata")
-        virsh("vol-delete", "--pool", "orchestrator-lab", f"{name}.qcow2")
-
-
-def virsh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VIRSH, *args], capture_output=True, text=True)
-
-
-def domain_state(service: str) -> str:
-    result = virsh("domstate", f"svc-{service}")
-    return result.stdout.strip() if result.returncode == 0 else "absent"
+from tests.lab.conftest import LAB_DIR, domain_state, virsh
 
 
 def link_state(service: str) -> str:

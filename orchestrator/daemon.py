@@ -1,0 +1,228 @@
+"""The daemon: ``orchestrator run``. One active scheduler; the others wait.
+
+Leadership is a lock the store gives: a PostgreSQL advisory lock held on a
+connection of its own (it goes the moment the process dies, kill -9
+included), or, for the embedded SQLite store, an flock on a file beside it.
+A standby tries again every ``takeover_seconds``.
+
+The leader runs APScheduler 3 with its jobs kept in the store (the
+SQLAlchemy job store), so a restart finds them: the reconcile tick (every
+minute by default), which also applies retention purges and restores, and
+the state sync, which marks due any service whose real state drifted.
+Misfires after downtime are coalesced: one run, logged. SIGTERM lets the
+step in hand finish (or stay journaled as running, to be taken up by the
+next leader) and exits 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, text
+
+from orchestrator.engine import Orchestrator
+from orchestrator.inventory import load_inventory
+from orchestrator.policy import load_policies
+from orchestrator.store.db import migrate, open_engine
+
+log = logging.getLogger("orchestrator.daemon")
+ADVISORY_KEY = 0x6F726368  # "orch"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    db: str
+    policies: str
+    inventory: str
+    tick_seconds: float = 60.0
+    sync_seconds: float = 300.0
+    takeover_seconds: float = 5.0
+
+
+class Leadership(Protocol):
+    def acquire(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class AdvisoryLock:
+    """PostgreSQL: the lock lives as long as its connection."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = open_engine(url)
+        self._connection: Connection | None = None
+
+    def acquire(self) -> bool:
+        connection = self._engine.connect()
+        won = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY})
+        if won:
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def held(self) -> bool:
+        try:
+            return self._connection is not None and self._connection.scalar(text("SELECT 1")) == 1
+        except Exception:  # a dropped connection means the lock is gone too
+            return False
+
+    def release(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class FileLock:
+    """SQLite: one host, one file beside the database."""
+
+    def __init__(self, url: str) -> None:
+        self._path = Path(url.removeprefix("sqlite:///") + ".leader")
+        self._file: Any = None
+
+    def acquire(self) -> bool:
+        handle = self._path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def leadership_for(url: str) -> Leadership:
+    return AdvisoryLock(url) if url.startswith("postgresql") else FileLock(url)
+
+
+_orchestrators: dict[str, Orchestrator] = {}
+
+
+def _orchestrator(config: dict[str, Any]) -> Orchestrator:
+    """One per process and configuration: jobs arrive by reference from the job store."""
+    key = json.dumps(config, sort_keys=True)
+    if key not in _orchestrators:
+        engine = open_engine(config["db"])
+        _orchestrators[key] = Orchestrator(
+            engine,
+            load_policies(Path(config["policies"])),
+            load_inventory(Path(config["inventory"])),
+        )
+    return _orchestrators[key]
+
+
+def tick(config: dict[str, Any]) -> None:
+    """The reconcile tick: what is due, against the real state, through the journal."""
+    report = _orchestrator(config).apply(datetime.now(UTC), actor="scheduler")
+    states: dict[str, int] = {}
+    for step in report.steps:
+        states[step.state] = states.get(step.state, 0) + 1
+    quiet = not (report.planned or report.steps or report.skipped)
+    fields = {"journaled": report.planned, "steps": states, "skipped": len(report.skipped)}
+    log.log(logging.DEBUG if quiet else logging.INFO, "tick", extra={"fields": fields})
+
+
+def sync(config: dict[str, Any]) -> None:
+    """The state sync: services whose machines drifted from what was applied become due."""
+    drifted = _orchestrator(config).sync(datetime.now(UTC))
+    if drifted:
+        log.warning("drift", extra={"fields": {"services": drifted}})
+
+
+def run(config: DaemonConfig, stop: threading.Event) -> int:
+    leadership = leadership_for(config.db)
+    migrate(open_engine(config.db))
+    while not leadership.acquire():
+        log.info("standby", extra={"fields": {"retry_seconds": config.takeover_seconds}})
+        if stop.wait(config.takeover_seconds):
+            return 0
+    log.info("leader", extra={"fields": {"pid": os.getpid()}})
+    scheduler = _scheduler(config)
+    scheduler.start()
+    while not stop.wait(1.0):
+        if not leadership.held():
+            log.error("leadership lost: stopping the scheduler")
+            break
+    scheduler.shutdown(wait=True)
+    leadership.release()
+    log.info("stopped", extra={"fields": {"pid": os.getpid()}})
+    return 0
+
+
+def _scheduler(config: DaemonConfig) -> Any:
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    store = SQLAlchemyJobStore(url=config.db, tablename="scheduler_jobs")
+    defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+    scheduler = BackgroundScheduler(jobstores={"default": store}, job_defaults=defaults)
+    kwargs = {"config": asdict(config)}
+    now = datetime.now(UTC)
+    scheduler.add_job(
+        tick,
+        "interval",
+        seconds=config.tick_seconds,
+        id="reconcile-tick",
+        replace_existing=True,
+        kwargs=kwargs,
+        next_run_time=now,
+    )
+    scheduler.add_job(
+        sync,
+        "interval",
+        seconds=config.sync_seconds,
+        id="state-sync",
+        replace_existing=True,
+        kwargs=kwargs,
+    )
+    return scheduler
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        return json.dumps(entry, default=str)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if not sys.stderr.isatty():
+        handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
