@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import audit
+from orchestrator import audit, journal
 from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
@@ -40,12 +40,14 @@ services_app = typer.Typer(no_args_is_help=True, help="The services the orchestr
 hold_app = typer.Typer(no_args_is_help=True, help="Place and release holds.")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail.")
 breaker_app = typer.Typer(no_args_is_help=True, help="The blast-radius breaker.")
+steps_app = typer.Typer(no_args_is_help=True, help="The journal of steps.")
 for sub, name in [
     (policy_app, "policy"),
     (services_app, "services"),
     (hold_app, "hold"),
     (audit_app, "audit"),
     (breaker_app, "breaker"),
+    (steps_app, "steps"),
 ]:
     app.add_typer(sub, name=name)
 out = Console()
@@ -415,8 +417,8 @@ def breaker_reset(ctx: typer.Context, at: AtOption = None) -> None:
     out.print("breaker reset" if was_open else "breaker was closed")
 
 
-@app.command()
-def steps(
+@steps_app.command("list")
+def steps_list(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Option()] = None,
     as_json: JsonFlag = False,
@@ -439,6 +441,48 @@ def steps(
             for r in query
         ]
     _emit(rows, as_json, _steps_table)
+
+
+@steps_app.command("show")
+def steps_show(ctx: typer.Context, step_id: int, as_json: JsonFlag = False) -> None:
+    """One step whole: parameters, outcome, evidence, error."""
+    with _orchestrator(ctx).sessions() as session:
+        row = session.get(StepRow, step_id)
+        if row is None:
+            raise _fail(f"no step {step_id}")
+        data = {column.name: getattr(row, column.name) for column in StepRow.__table__.columns}
+    for field in ("params", "result"):
+        data[field] = json.loads(data[field]) if data[field] else None
+    _emit(data, True)
+
+
+@steps_app.command("retry")
+def steps_retry(ctx: typer.Context, step_id: int, at: AtOption = None) -> None:
+    """Run a failed, held, paused or waiting step again at the next apply (guards still apply)."""
+    _operator_step_change(ctx, step_id, journal.retry, "retried", at)
+
+
+@steps_app.command("cancel")
+def steps_cancel(ctx: typer.Context, step_id: int, at: AtOption = None) -> None:
+    """Cancel a step that has not run; reconcile may plan it again if it is still needed."""
+    _operator_step_change(ctx, step_id, journal.cancel, "cancelled", at)
+
+
+def _operator_step_change(
+    ctx: typer.Context, step_id: int, change: Any, verb: str, at: str | None
+) -> None:
+    orchestrator = _orchestrator(ctx)
+    actor = f"operator:{os.environ.get('USER', 'unknown')}"
+    with orchestrator.sessions.begin() as session:
+        row = session.get(StepRow, step_id)
+        if row is None:
+            raise _fail(f"no step {step_id}")
+        if not change(session, row):
+            raise _fail(f"step {step_id} is {row.state}: it cannot be {verb}")
+        audit.append(
+            session, parse_at(at), actor, f"step.{verb}", row.service_id, {"step": step_id}
+        )
+    out.print(f"step {step_id} {verb}")
 
 
 def _steps_table(rows: list[dict[str, Any]]) -> None:

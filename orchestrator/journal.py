@@ -156,3 +156,21 @@ def open_steps(session: Session, service_id: str) -> int:
         .where(StepRow.service_id == service_id, StepRow.state.in_(OPEN_STATES))
     )
     return int(session.scalar(query) or 0)
+
+
+RETRYABLE = (FAILED, RETRY, HELD, AWAITING, PAUSED, CANCELLED)
+
+
+def retry(session: Session, row: StepRow) -> bool:
+    """An operator's retry: back to pending, now; the guards will judge it again."""
+    if row.state not in RETRYABLE:
+        return False
+    row.state, row.not_before, row.error = PENDING, None, None
+    return True
+
+
+def cancel(session: Session, row: StepRow) -> bool:
+    if row.state not in (PENDING, RETRY, *WAITING_STATES):
+        return False
+    row.state = CANCELLED
+    return True

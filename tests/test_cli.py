@@ -80,3 +80,29 @@ def test_apply_runs_what_is_due(cli) -> None:  # type: ignore[no-untyped-def]
     report = json.loads(cli("apply", "--at", "2026-11-21", "--json"))
     assert [s["kind"] for s in report["steps"]] == ["create", "assign_ips"]
     assert all(s["state"] == "done" for s in report["steps"])
+
+
+def test_steps_list_show_cancel_and_retry(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    closing = {
+        "id": "c1-closed",
+        "service": "c1",
+        "at": "2026-12-01T10:00:00+07:00",
+        "data": {"type": "service.cancelled"},
+    }
+    source = tmp_path / "colo.json"
+    source.write_text(
+        json.dumps([created("c1", product="colocation", host="metal-jkt-1"), closing])
+    )
+    cli("event", str(source), "--at", "2026-12-01T10:00:00+07:00")
+    cli("apply", "--at", "2027-03-02")
+    steps = json.loads(cli("steps", "list", "--service", "c1", "--json"))
+    (hand_over,) = [s for s in steps if s["kind"] == "hand_over"]
+    assert hand_over["state"] == "awaiting"
+    shown = json.loads(cli("steps", "show", str(hand_over["id"])))
+    assert shown["params"]["automatic"] is False and "auctioned" in shown["params"]["why"]
+    cli("steps", "cancel", str(hand_over["id"]))
+    done = next(s for s in steps if s["state"] == "done")
+    assert "cannot be cancelled" in cli("steps", "cancel", str(done["id"]), code=2)
+    cli("steps", "retry", str(hand_over["id"]))
+    assert json.loads(cli("steps", "show", str(hand_over["id"])))["state"] == "pending"
+    assert json.loads(cli("audit", "verify", "--json"))["ok"] is True
