@@ -262,10 +262,9 @@ class LibvirtCompute(ComputeDriver):
         return True
 
     def _volume_xml(self, pool: libvirt.virStoragePool, ref: ServiceRef, spec: MachineSpec) -> str:
-        name, size = (
-            escape(self._volume_name(ref)),
-            f"<capacity unit='GiB'>{spec.disk_gib}</capacity>",
-        )
+        # Thin: space is taken as the guest writes, as hosting providers overcommit disks.
+        name = escape(self._volume_name(ref))
+        size = f"<capacity unit='GiB'>{spec.disk_gib}</capacity><allocation>0</allocation>"
         if not self.base_volume:
             return (
                 f"<volume><name>{name}</name>{size}<target><format type='raw'/></target></volume>"

@@ -23,13 +23,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import audit, journal
+from orchestrator import audit, journal, notify
 from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import load_policies, load_policy, policy_schema
 from orchestrator.store.db import database_url, migrate, open_engine
-from orchestrator.store.models import ServiceRow, StepRow
+from orchestrator.store.models import NotificationRow, ServiceRow, StepRow
 from orchestrator.views import verdict_json
 from orchestrator.yamlerrors import PolicyError
 
@@ -41,6 +41,7 @@ hold_app = typer.Typer(no_args_is_help=True, help="Place and release holds.")
 audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail.")
 breaker_app = typer.Typer(no_args_is_help=True, help="The blast-radius breaker.")
 steps_app = typer.Typer(no_args_is_help=True, help="The journal of steps.")
+notifications_app = typer.Typer(no_args_is_help=True, help="What the billing system is told.")
 for sub, name in [
     (policy_app, "policy"),
     (services_app, "services"),
@@ -48,6 +49,7 @@ for sub, name in [
     (audit_app, "audit"),
     (breaker_app, "breaker"),
     (steps_app, "steps"),
+    (notifications_app, "notifications"),
 ]:
     app.add_typer(sub, name=name)
 out = Console()
@@ -485,6 +487,58 @@ def _operator_step_change(
     out.print(f"step {step_id} {verb}")
 
 
+@notifications_app.command("list")
+def notifications_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="pending, delivered or dead")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queued, delivered and dead-lettered notifications, oldest first."""
+    with _orchestrator(ctx).sessions() as session:
+        query = session.query(NotificationRow).order_by(NotificationRow.id)
+        if state:
+            query = query.filter(NotificationRow.state == state)
+        rows = [
+            {
+                "id": n.id,
+                "event_id": n.event_id,
+                "service": n.service_id,
+                "kind": n.kind,
+                "state": n.state,
+                "attempts": n.attempts,
+                "last_error": n.last_error,
+            }
+            for n in query
+        ]
+    _emit(
+        rows,
+        as_json,
+        lambda r: _table(r, ("id", "service", "kind", "state", "attempts", "last_error")),
+    )
+
+
+@notifications_app.command("replay")
+def notifications_replay(ctx: typer.Context, notification_id: int, at: AtOption = None) -> None:
+    """Put a dead letter back in the queue."""
+    orchestrator = _orchestrator(ctx)
+    moment = parse_at(at)
+    with orchestrator.sessions.begin() as session:
+        if not notify.replay(session, notification_id, moment):
+            raise _fail(f"notification {notification_id} is not a dead letter")
+        actor = f"operator:{os.environ.get('USER', 'unknown')}"
+        audit.append(session, moment, actor, "notification.replayed", "*", {"id": notification_id})
+    out.print(f"notification {notification_id} queued again")
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    table = Table()
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c] if row[c] is not None else "") for c in columns))
+    out.print(table)
+
+
 def _steps_table(rows: list[dict[str, Any]]) -> None:
     table = Table()
     for column in ("id", "service", "kind", "state", "created_at", "error"):
@@ -511,7 +565,13 @@ def run(
     _orchestrator(ctx)  # a broken policy or inventory stops the daemon before it starts
     configure_logging()
     daemon = DaemonConfig(
-        config.db, str(config.policies), str(config.inventory), tick, sync_every, takeover
+        config.db,
+        str(config.policies),
+        str(config.inventory),
+        tick,
+        sync_every,
+        takeover,
+        os.environ.get("ORCHESTRATOR_BILLING_URL"),
     )
     raise typer.Exit(run_daemon(daemon, stop_on_signals()))
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import DriverError, TemporaryError
-from orchestrator import audit, journal
+from orchestrator import audit, journal, notify
 from orchestrator.store.models import StepRow
 
 log = logging.getLogger("orchestrator.executor")
@@ -129,6 +129,7 @@ class Executor:
         with self._sessions.begin() as session:
             journal.finish(session, step.id, state, now, result, error)
             self._audit(session, step, state, now, result or {"error": error})
+            notify.record(session, step, state, now, result or {"error": error})
         if error:
             log.warning("step %s %s of %s failed: %s", step.id, step.kind, step.service_id, error)
         return self._report(step, state, error or _summary(result))

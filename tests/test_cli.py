@@ -106,3 +106,11 @@ def test_steps_list_show_cancel_and_retry(cli, tmp_path: Path) -> None:  # type:
     cli("steps", "retry", str(hand_over["id"]))
     assert json.loads(cli("steps", "show", str(hand_over["id"])))["state"] == "pending"
     assert json.loads(cli("audit", "verify", "--json"))["ok"] is True
+
+
+def test_notifications_list_and_replay(cli) -> None:  # type: ignore[no-untyped-def]
+    cli("apply", "--at", "2026-11-21")
+    (queued,) = json.loads(cli("notifications", "list", "--json"))
+    assert queued["kind"] == "ip.assigned" and queued["state"] == "pending"
+    assert "not a dead letter" in cli("notifications", "replay", str(queued["id"]), code=2)
+    assert json.loads(cli("notifications", "list", "--state", "dead", "--json")) == []
