@@ -90,6 +90,26 @@ class Accepted(BaseModel):
     duplicates: list[str]
 
 
+class CommandTaken(BaseModel):
+    service: str
+    command: str
+    event: str
+    accepted: bool
+
+
+class Problem(BaseModel):
+    """Why a request was refused; FastAPI's own validation errors give a list."""
+
+    detail: str | list[dict[str, Any]]
+
+
+SIGNED_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "unsigned, badly signed, stale or future-dated"},
+    409: {"model": Problem, "description": "a replayed request (signature already used)"},
+    422: {"model": Problem, "description": "nothing stored: the request is not valid"},
+}
+
+
 def create_app(
     orchestrator: Orchestrator, secrets: Sequence[bytes], clock: Clock = lambda: datetime.now(UTC)
 ) -> FastAPI:
@@ -112,13 +132,18 @@ def create_app(
             raise HTTPException(409, "replayed request: this signature was already used")
         return body
 
-    @app.post("/v1/events", status_code=202, response_model=Accepted)
+    @app.post("/v1/events", status_code=202, response_model=Accepted, responses=SIGNED_ERRORS)
     def post_events(body: Annotated[bytes, Depends(signed)]) -> Accepted:
         """Billing events, one object or an array; an id seen before is ignored."""
         report = _ingest(orchestrator, body, clock(), "billing")
         return Accepted(accepted=report.accepted, duplicates=report.duplicates)
 
-    @app.post("/v1/services/{service_id}/{command}", status_code=202)
+    @app.post(
+        "/v1/services/{service_id}/{command}",
+        status_code=202,
+        response_model=CommandTaken,
+        responses=SIGNED_ERRORS,
+    )
     def post_command(
         service_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")],
         command: Command,
@@ -130,7 +155,13 @@ def create_app(
         """WHMCS-style module commands: CreateAccount, SuspendAccount, ... as facts."""
         return _command(orchestrator, clock, service_id, command, body, idempotency_key)
 
-    @app.get("/v1/services/{service_id}")
+    @app.get(
+        "/v1/services/{service_id}",
+        responses={
+            404: {"model": Problem, "description": "unknown service"},
+            422: {"model": Problem, "description": "not a service id"},
+        },
+    )
     def get_service(service_id: str) -> dict[str, Any]:
         """Phase, reasons and dated timeline, as ``orchestrator explain --json``."""
         try:
