@@ -181,7 +181,7 @@ def run(config: DaemonConfig, stop: threading.Event) -> int:
             return 0
     log.info("leader", extra={"fields": {"pid": os.getpid()}})
     scheduler = _scheduler(config)
-    scheduler.start()
+    scheduler.resume()
     while not stop.wait(1.0):
         if not leadership.held():
             log.error("leadership lost: stopping the scheduler")
@@ -193,32 +193,51 @@ def run(config: DaemonConfig, stop: threading.Event) -> int:
 
 
 def _scheduler(config: DaemonConfig) -> Any:
+    """Started paused: jobs already in the store keep their schedule (so a run missed
+    while every daemon was down is caught up once); missing ones are added."""
+    from apscheduler.events import EVENT_JOB_ERROR
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
     store = SQLAlchemyJobStore(url=config.db, tablename="scheduler_jobs")
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
     scheduler = BackgroundScheduler(jobstores={"default": store}, job_defaults=defaults)
-    kwargs = {"config": asdict(config)}
-    now = datetime.now(UTC)
-    scheduler.add_job(
-        tick,
-        "interval",
-        seconds=config.tick_seconds,
-        id="reconcile-tick",
-        replace_existing=True,
-        kwargs=kwargs,
-        next_run_time=now,
-    )
-    scheduler.add_job(
-        sync,
-        "interval",
-        seconds=config.sync_seconds,
-        id="state-sync",
-        replace_existing=True,
-        kwargs=kwargs,
-    )
+    scheduler.add_listener(_log_failure, EVENT_JOB_ERROR)
+    scheduler.start(paused=True)
+    jobs = [
+        (tick, "reconcile-tick", config.tick_seconds),
+        (sync, "state-sync", config.sync_seconds),
+    ]
+    if config.billing_url:
+        jobs.append((notify_billing, "notify-billing", config.tick_seconds))
+    for function, job_id, seconds in jobs:
+        _ensure_job(scheduler, function, job_id, seconds, {"config": asdict(config)})
     return scheduler
+
+
+def _ensure_job(
+    scheduler: Any, function: Any, job_id: str, seconds: float, kwargs: dict[str, Any]
+) -> None:
+    if scheduler.get_job(job_id) is None:
+        scheduler.add_job(
+            function,
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            kwargs=kwargs,
+            next_run_time=datetime.now(UTC),
+        )
+        return
+    job = scheduler.get_job(job_id)
+    late = (datetime.now(UTC) - job.next_run_time).total_seconds()
+    if late > seconds:  # every daemon was down: the runs missed are coalesced into one
+        fields = {"job": job_id, "missed_runs": int(late // seconds), "runs_now": 1}
+        log.warning("catching up after downtime", extra={"fields": fields})
+    scheduler.modify_job(job_id, kwargs=kwargs)
+
+
+def _log_failure(event: Any) -> None:
+    log.error("job failed", extra={"fields": {"job": event.job_id, "error": str(event.exception)}})
 
 
 def stop_on_signals() -> threading.Event:
