@@ -11,18 +11,17 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.engine import Orchestrator
-from orchestrator.events import EventError, Spec, parse_events
-from orchestrator.policy import ProductKind
+from orchestrator.events import EventError, NewService, Spec, parse_events
 from orchestrator.signing import (
     MAX_AGE_SECONDS,
     MAX_AHEAD_SECONDS,
@@ -48,15 +47,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateBody(Strict):
-    customer: str = Field(min_length=1)
-    policy: str = Field(min_length=1)
-    product: ProductKind
-    host: str = Field(min_length=1)
-    spec: Spec = Spec()
-    subscription_end: date | None = None
-
-
 class SuspendBody(Strict):
     reason: str = ""
 
@@ -70,7 +60,7 @@ class ChangePackageBody(Strict):
 
 
 BODIES: dict[str, type[BaseModel]] = {
-    "create": CreateBody,
+    "create": NewService,
     "suspend": SuspendBody,
     "unsuspend": Strict,
     "terminate": TerminateBody,

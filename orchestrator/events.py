@@ -37,14 +37,19 @@ class Spec(Strict):
     disk_gib: int = Field(1, ge=1)
 
 
-class ServiceCreated(Strict):
-    type: Literal["service.created"]
+class NewService(Strict):
+    """What a service is sold as; also the body of the hooks' create command."""
+
     customer: str = Field(min_length=1)
     policy: str = Field(min_length=1)
     product: ProductKind
     host: str = Field(min_length=1)
     spec: Spec = Spec()
     subscription_end: date | None = None
+
+
+class ServiceCreated(NewService):
+    type: Literal["service.created"]
 
 
 class ServiceCancelled(Strict):
