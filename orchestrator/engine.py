@@ -382,10 +382,6 @@ class Orchestrator:
             self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
         return self._drivers[host]
 
-    def service(self, service_id: str) -> ServiceRow | None:
-        with self.sessions() as session:
-            return session.get(ServiceRow, service_id)
-
 
 def _event_row(event: Event, now: datetime) -> EventRow:
     return EventRow(

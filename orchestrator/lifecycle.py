@@ -64,9 +64,6 @@ PHASE_AFTER: dict[StepKind, Phase] = {
     StepKind.PURGE: Phase.PURGED,
 }
 SEVERITY: dict[Phase, int] = {phase: rank for rank, phase in enumerate(Phase)}
-BILLING_ANCHORS = frozenset(
-    {Anchor.OLDEST_UNPAID_DUE, Anchor.SUBSCRIPTION_END, Anchor.DEPOSIT_EXHAUSTED}
-)
 
 
 @dataclass(frozen=True)
@@ -406,7 +403,6 @@ def quarantine_end(product: Product, released_at: datetime, policy: Policy) -> d
 
 
 __all__ = [
-    "BILLING_ANCHORS",
     "PHASE_AFTER",
     "Entry",
     "Phase",
