@@ -58,6 +58,8 @@ class Capability(StrEnum):
     SNAPSHOT = "snapshot"
     RESIZE = "resize"
     BIND_ADDRESSES = "bind_addresses"
+    # The purge returns per-device erase records for the core to sign and journal.
+    ERASE_RECORDS = "purge:erase_records"
 
 
 class Power(StrEnum):
@@ -202,6 +204,7 @@ class RunnerDriver(ABC):
 # core and the tests of the pure core never import a protocol library.
 COMPUTE_DRIVERS: dict[str, str] = {
     "libvirt": "drivers.libvirt_compute:LibvirtCompute",
+    "ipmi": "drivers.dedicated:DedicatedCompute",
 }
 
 

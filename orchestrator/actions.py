@@ -25,6 +25,7 @@ from drivers.base import (
     TemporaryError,
 )
 from orchestrator import ipam
+from orchestrator.evidence import Signer
 from orchestrator.facts import Facts
 from orchestrator.lifecycle import quarantine_end
 from orchestrator.policy import Policy, ProductKind
@@ -46,6 +47,7 @@ class Context:
     facts: Facts
     policy: Policy
     now: datetime
+    signer: Signer | None = None
 
 
 Handler = Callable[[Context, StepRow, ServiceRef], dict[str, Any]]
@@ -104,7 +106,16 @@ def _terminate(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, An
 
 
 def _purge(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    """The driver's evidence, its erase records signed before they reach the journal."""
+    signs = Capability.ERASE_RECORDS in context.driver.capabilities
+    if signs and context.signer is None:
+        raise PermanentError(
+            f"purging {ref.host} yields erase records to sign, and no signing key is "
+            "configured (ORCHESTRATOR_ERASE_SIGNING_KEY): nothing was erased"
+        )
     record = _record(context.driver.purge(ref))
+    if context.signer is not None and "erase_records" in record:
+        record["erase_records"] = [context.signer.sign(r) for r in record["erase_records"]]
     if record.get("verified_absent") is not True:
         raise PermanentError(f"purge of {ref.name} could not be verified: {record}")
     return record

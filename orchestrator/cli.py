@@ -23,8 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import audit, journal, notify
-from orchestrator.engine import Orchestrator
+from orchestrator import audit, evidence, journal, notify
+from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import load_policies, load_policy, policy_schema
@@ -42,6 +42,7 @@ audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail
 breaker_app = typer.Typer(no_args_is_help=True, help="The blast-radius breaker.")
 steps_app = typer.Typer(no_args_is_help=True, help="The journal of steps.")
 notifications_app = typer.Typer(no_args_is_help=True, help="What the billing system is told.")
+erase_app = typer.Typer(no_args_is_help=True, help="Signed erase records of purged disks.")
 for sub, name in [
     (policy_app, "policy"),
     (services_app, "services"),
@@ -50,6 +51,7 @@ for sub, name in [
     (breaker_app, "breaker"),
     (steps_app, "steps"),
     (notifications_app, "notifications"),
+    (erase_app, "erase"),
 ]:
     app.add_typer(sub, name=name)
 out = Console()
@@ -96,7 +98,7 @@ def _orchestrator(ctx: typer.Context, migrate_store: bool = False) -> Orchestrat
     engine = open_engine(config.db)
     if migrate_store:
         migrate(engine)
-    return Orchestrator(engine, policies, inventory)
+    return Orchestrator(engine, policies, inventory, Settings.from_environment())
 
 
 def operator_zone() -> ZoneInfo:
@@ -528,6 +530,60 @@ def notifications_replay(ctx: typer.Context, notification_id: int, at: AtOption 
         actor = f"operator:{os.environ.get('USER', 'unknown')}"
         audit.append(session, moment, actor, "notification.replayed", "*", {"id": notification_id})
     out.print(f"notification {notification_id} queued again")
+
+
+@app.command()
+def drift(
+    ctx: typer.Context,
+    at: AtOption = None,
+    mark: Annotated[bool, typer.Option(help="make drifted services due now")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare every machine's real state (a box's power above all) with what its phase wants.
+
+    Exits 1 when anything drifted or could not be observed, so a cron job or
+    a monitoring check can alert on it.
+    """
+    orchestrator = _orchestrator(ctx)
+    now = parse_at(at)
+    found = orchestrator.drift(now)
+    if mark:
+        orchestrator.sync(now)
+    rows = [{**asdict(d), "corrections": " ".join(d.corrections)} for d in found]
+    columns = ("service_id", "host", "phase", "observed", "corrections")
+    _emit(rows, as_json, lambda data: _table(data, columns) if data else out.print("no drift"))
+    if found:
+        raise typer.Exit(1)
+
+
+@erase_app.command("verify")
+def erase_verify(
+    ctx: typer.Context,
+    step_id: int,
+    public_key: Annotated[Path, typer.Option(help="the orchestrator's Ed25519 public key (PEM)")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a purge step's erase records against the signing key; exits 1 if any fails."""
+    try:
+        key = evidence.load_public_key(public_key)
+    except (OSError, ValueError, evidence.EvidenceError) as exc:
+        raise _fail(f"cannot use {public_key} as the public key: {exc}") from None
+    with _orchestrator(ctx).sessions() as session:
+        row = session.get(StepRow, step_id)
+        result = json.loads(row.result) if row is not None and row.result else {}
+    records = result.get("erase_records") or []
+    if not records:
+        raise _fail(f"step {step_id} holds no erase records")
+    checked = [
+        {**{k: signed["record"].get(k) for k in ("device", "serial", "method", "result")},
+         "signer": signed.get("signer"), "signature": evidence.verify(signed, key)}
+        for signed in records
+    ]
+    _emit(checked, as_json, lambda data: _table(
+        data, ("device", "serial", "method", "result", "signer", "signature")
+    ))
+    if not all(item["signature"] for item in checked):
+        raise typer.Exit(1)
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:

@@ -31,9 +31,10 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, text
 
 from orchestrator import notify
-from orchestrator.engine import Orchestrator
+from orchestrator.engine import Orchestrator, Settings
 from orchestrator.inventory import load_inventory
 from orchestrator.policy import load_policies
+from orchestrator.redact import redact, redact_text
 from orchestrator.store.db import migrate, open_engine
 
 log = logging.getLogger("orchestrator.daemon")
@@ -129,6 +130,7 @@ def _orchestrator(config: dict[str, Any]) -> Orchestrator:
             engine,
             load_policies(Path(config["policies"])),
             load_inventory(Path(config["inventory"])),
+            Settings.from_environment(),
         )
     return _orchestrators[key]
 
@@ -258,7 +260,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             **getattr(record, "fields", {}),
         }
-        return json.dumps(entry, default=str)
+        return redact_text(json.dumps(redact(entry), default=str))
 
 
 def configure_logging() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -20,9 +21,19 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from drivers.base import ComputeDriver, DriverError, Observed, Power, ServiceRef, load_compute
+from drivers.base import (
+    Capability,
+    ComputeDriver,
+    DriverError,
+    Observed,
+    Power,
+    ServiceRef,
+    load_compute,
+)
 from orchestrator import actions, audit, ipam, journal
+from orchestrator.credentials import resolve
 from orchestrator.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
+from orchestrator.evidence import Signer
 from orchestrator.executor import Executor, ExecutorSettings, StepReport
 from orchestrator.facts import Facts, derive_facts
 from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_warranted
@@ -37,10 +48,20 @@ NEW = "new"
 DriverFactory = Callable[[str, HostVars], ComputeDriver]
 
 
+ERASE_SIGNING_KEY = "ORCHESTRATOR_ERASE_SIGNING_KEY"
+
+
 @dataclass(frozen=True)
 class Settings:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # A credential reference (env:, file:, vault) to the Ed25519 key that signs erase records.
+    erase_signing_key: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """What the CLI and the daemon take from their environment (references, not secrets)."""
+        return cls(erase_signing_key=os.environ.get(ERASE_SIGNING_KEY) or None)
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,17 @@ class ServicePlan:
     phase: Phase
     applied_phase: str
     steps: list[StepSpec]
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A service whose machine is not as its phase wants: what was seen, what would fix it."""
+
+    service_id: str
+    host: str
+    phase: str
+    observed: str
+    corrections: tuple[str, ...]
 
 
 @dataclass
@@ -293,11 +325,7 @@ class Orchestrator:
 
     def sync(self, now: datetime) -> list[str]:
         """Services whose real state differs from what the store says was applied become due."""
-        with self.sessions() as session:
-            ids = list(
-                session.scalars(select(ServiceRow.id).where(ServiceRow.applied_phase != NEW))
-            )
-        drifted = [service_id for service_id in ids if self._drifted(service_id, now)]
+        drifted = [d.service_id for d in self.drift(now) if d.corrections]
         if drifted:
             with self.sessions.begin() as session:
                 session.execute(
@@ -305,14 +333,32 @@ class Orchestrator:
                 )
         return drifted
 
-    def _drifted(self, service_id: str, now: datetime) -> bool:
+    def drift(self, now: datetime) -> list[Drift]:
+        """Every applied service whose real state (power above all) is not what its phase wants.
+
+        A machine that cannot be observed (a BMC that does not answer) is
+        reported with no corrections: unknown is not the same as wrong.
+        """
+        with self.sessions() as session:
+            ids = list(
+                session.scalars(select(ServiceRow.id).where(ServiceRow.applied_phase != NEW))
+            )
+        found = (self._drift_of(service_id, now) for service_id in ids)
+        return [d for d in found if d is not None]
+
+    def _drift_of(self, service_id: str, now: datetime) -> Drift | None:
         facts = self.facts(service_id)
         try:
             observed = self.driver(facts.host).inspect(ServiceRef(service_id, facts.host))
-        except DriverError:
-            return False
+        except DriverError as exc:
+            phase = self.verdict(facts, now).phase.value
+            return Drift(service_id, facts.host, phase, f"unknown: {exc}", ())
         with self.sessions() as session:
-            return bool(self._steps_for(session, facts, observed, now)[1])
+            verdict, specs = self._steps_for(session, facts, observed, now)
+        if not specs:
+            return None
+        kinds = tuple(spec.action.value for spec in specs)
+        return Drift(service_id, facts.host, verdict.phase.value, observed.power.value, kinds)
 
     def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
         """The runnable steps; destructive ones only if the breaker lets this many through."""
@@ -354,13 +400,15 @@ class Orchestrator:
     def _perform(self, step: StepRow, now: datetime) -> dict[str, Any]:
         facts = self.facts(step.service_id)
         host = self.inventory.hosts()[facts.host]
+        driver = self.driver(facts.host)
         context = actions.Context(
             self.sessions,
-            self.driver(facts.host),
+            driver,
             host.pool,
             facts,
             self.policies[facts.policy],
             now,
+            self._signer(driver) if step.kind == Action.PURGE else None,
         )
         return actions.perform(context, step)
 
@@ -376,6 +424,13 @@ class Orchestrator:
                 row.applied_phase, row.next_at = verdict.phase.value, verdict.next_at
             else:
                 row.next_at = _earliest(verdict.next_at, now + self.settings.executor.retry_later)
+
+    def _signer(self, driver: ComputeDriver) -> Signer | None:
+        if Capability.ERASE_RECORDS not in driver.capabilities:
+            return None
+        if self.settings.erase_signing_key is None:
+            return None
+        return Signer(resolve(self.settings.erase_signing_key, what="erase signing key"))
 
     def driver(self, host: str) -> ComputeDriver:
         if host not in self._drivers:

@@ -43,22 +43,48 @@ OPEN_STATES = (PENDING, RUNNING, RETRY, HELD, AWAITING, PAUSED)
 WAITING_STATES = (HELD, AWAITING, PAUSED)
 
 
+# A step the world undid (a box powered on by hand after its suspension) is
+# journaled again under ``key~n``; this many times per situation, so that a
+# driver whose inspection disagrees with its own actions cannot loop for ever.
+MAX_CORRECTIONS = 3
+
+
 def enqueue(session: Session, specs: Sequence[StepSpec], host: str, now: datetime) -> list[StepRow]:
-    """Record the steps before they run; a key already journaled is not added twice."""
+    """Record the steps before they run; a key already journaled is not added twice.
+
+    A key whose last run is done, yet is asked for again, is drift: the
+    reconcile that asks saw the real state just now. It is journaled again
+    as a correction, up to ``MAX_CORRECTIONS`` times.
+    """
     if not specs:
         return []
-    keys = [s.key for s in specs]
-    known = set(session.scalars(select(StepRow.key).where(StepRow.key.in_(keys))))
-    _supersede(session, specs[0].service_id, keys)
-    rows = [_row(spec, host, now) for spec in specs if spec.key not in known]
+    runs = _runs_by_key(session, specs[0].service_id)
+    _supersede(session, runs, {s.key for s in specs})
+    rows = []
+    for spec in specs:
+        previous = runs.get(spec.key, [])
+        if not previous:
+            rows.append(_row(spec, spec.key, host, now))
+        elif previous[-1].state == DONE and len(previous) <= MAX_CORRECTIONS:
+            rows.append(_row(spec, f"{spec.key}~{len(previous)}", host, now))
     session.add_all(rows)
     return rows
 
 
-def _row(spec: StepSpec, host: str, now: datetime) -> StepRow:
+def _runs_by_key(session: Session, service_id: str) -> dict[str, list[StepRow]]:
+    """The service's steps by the key reconcile gave them, corrections included, oldest first."""
+    runs: dict[str, list[StepRow]] = {}
+    for row in session.scalars(
+        select(StepRow).where(StepRow.service_id == service_id).order_by(StepRow.id)
+    ):
+        runs.setdefault(row.key.split("~")[0], []).append(row)
+    return runs
+
+
+def _row(spec: StepSpec, key: str, host: str, now: datetime) -> StepRow:
     params = {**spec.params, "automatic": spec.automatic, "why": spec.why}
     return StepRow(
-        key=spec.key,
+        key=key,
         service_id=spec.service_id,
         host=host,
         kind=spec.action.value,
@@ -70,13 +96,14 @@ def _row(spec: StepSpec, host: str, now: datetime) -> StepRow:
     )
 
 
-def _supersede(session: Session, service_id: str, keys: list[str]) -> None:
-    session.execute(
-        update(StepRow)
-        .where(StepRow.service_id == service_id, StepRow.key.not_in(keys))
-        .where(StepRow.state.in_((PENDING, RETRY, *WAITING_STATES)))
-        .values(state=SUPERSEDED)
-    )
+def _supersede(session: Session, runs: dict[str, list[StepRow]], wanted: set[str]) -> None:
+    stale = [row.id for key, rows in runs.items() if key not in wanted for row in rows]
+    if stale:  # the state is checked again in the UPDATE: an executor may have claimed one
+        session.execute(
+            update(StepRow)
+            .where(StepRow.id.in_(stale), StepRow.state.in_((PENDING, RETRY, *WAITING_STATES)))
+            .values(state=SUPERSEDED)
+        )
 
 
 def runnable(session: Session, now: datetime, yes: bool) -> list[StepRow]:

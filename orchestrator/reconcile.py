@@ -109,7 +109,11 @@ def _machine_actions(machine: Machine, verdict: Verdict, current: Current) -> li
     if machine == Machine.PURGED:
         return [
             a
-            for a, needed in ((Action.TERMINATE, exists), (Action.PURGE, seen.data_present))
+            for a, needed in (
+                (Action.TERMINATE, exists),
+                # A dedicated box's disks can't be seen out of band: its purge record says.
+                (Action.PURGE, seen.data_present and not current.was_purged),
+            )
             if needed
         ]
     if machine == Machine.ARCHIVED:

@@ -1,8 +1,11 @@
 """Keeping secrets out of logs, the journal, the audit trail and errors.
 
 Anything stored or printed passes through ``redact``: values under a key
-that names a secret are replaced, and credentials embedded in URLs
-(``scheme://user:password@host``) lose their password.
+that names a secret are replaced, credentials embedded in URLs
+(``scheme://user:password@host``) lose their password, and every secret
+this process has resolved (``register_secret``, called by
+``orchestrator.credentials``) is masked wherever it appears, so a driver
+error quoting a password by accident is scrubbed too.
 """
 
 from __future__ import annotations
@@ -10,9 +13,25 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|key|credential|auth)", re.IGNORECASE)
+# Key names that hold secrets, as whole words of a snake_case name: "password",
+# "ssh_key", "api_token", but not "passes" or "keyboard".
+SECRET_KEYS = re.compile(
+    r"(^|[_-])(pass|password|passwd|passphrase|secret|token|key|credentials?|auth|authorization)"
+    r"($|[_-])",
+    re.IGNORECASE,
+)
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 MASK = "***"
+# Shorter values would mask ordinary words; real secrets are longer.
+MIN_REGISTERED_LENGTH = 6
+
+_registered: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    if len(value) >= MIN_REGISTERED_LENGTH:
+        _registered.add(value)
+        _registered.update(line for line in value.splitlines() if len(line) >= 16)
 
 
 def redact(value: Any) -> Any:
@@ -26,7 +45,11 @@ def redact(value: Any) -> Any:
 
 
 def redact_text(text: str) -> str:
-    return URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    for secret in sorted(_registered, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def _secret_key(key: object) -> bool:

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.credentials import VaultText
+
 
 class PolicyError(Exception):
     """A policy, inventory or event file that cannot be used as written."""
@@ -37,14 +39,25 @@ class Problem:
 M = TypeVar("M", bound=BaseModel)
 
 
+class Loader(yaml.SafeLoader):
+    """The safe loader, plus Ansible's ``!vault`` tag for encrypted secrets in inventories."""
+
+
+def _vault(loader: yaml.SafeLoader, node: yaml.Node) -> VaultText:
+    return VaultText(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+Loader.add_constructor("!vault", _vault)
+
+
 def load_yaml_model(path: Path, model: type[M]) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=Loader)
+        data = yaml.load(text, Loader=Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
