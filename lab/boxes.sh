@@ -18,7 +18,7 @@
 # key that signs erase records. The inventory names them by reference
 # (inventory/lab-metal.yaml); nothing here prints them. The boxes' host
 # keys go to $LAB_DIR/boxes/known_hosts, which the inventory pins.
-set -euo pipefail
+set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export LAB_DIR=${LAB_DIR:-/var/lib/orchestrator-lab}
 boxes_dir=$LAB_DIR/boxes
@@ -50,6 +50,7 @@ make_box() {
   install -d -m 0700 "$dir"
   ip netns list | grep -qw "$name" || ip netns add "$name"
   if ! ip link show "olab-b$n" >/dev/null 2>&1; then
+    ip -n "$name" link del eth0 2>/dev/null || true  # a half-made box of an earlier run
     ip link add "olab-b$n" type veth peer name eth0 netns "$name"
     ip link set "olab-b$n" master "$bridge" up
   fi
@@ -125,6 +126,7 @@ known_hosts() {
 
 up() {
   local count=${1:-2}
+  trap 'echo "lab: boxes.sh up failed at line $LINENO: $BASH_COMMAND" >&2' ERR
   install_missing openipmi ipmitool openssh-server openssh-client iproute2 openssl
   mkdir -p "$boxes_dir" /run/sshd
   make_secrets
@@ -145,6 +147,8 @@ wait_bmc() {
 }
 
 down() {
+  # By name as well as by directory, so a box whose directory is gone is swept too.
+  pkill -f "ipmi_sim -c $boxes_dir/" 2>/dev/null || true
   for dir in "$boxes_dir"/box*/; do
     [ -d "$dir" ] || continue
     local n=${dir%/}; n=${n##*box}
@@ -155,6 +159,11 @@ down() {
     ip netns del "olab-box$n" 2>/dev/null || true
     rm -rf "$dir"
   done
+  for netns in $(ip netns list | grep -o '^olab-box[0-9]*'); do
+    ip netns pids "$netns" | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$netns"
+  done
+  for link in $(ip -o link show | grep -o 'olab-b[0-9]*@' | tr -d @); do ip link del "$link" || true; done
   ip link del "$bridge" 2>/dev/null || true
   echo "lab: boxes removed"
 }

@@ -43,8 +43,13 @@ RUNS = LAB_DIR / "runs"
 
 @pytest.fixture(scope="module")
 def boxes() -> Inventory:
-    subprocess.run(["bash", str(REPO / "lab" / "boxes.sh"), "up", "2"], check=True,
-                   capture_output=True)
+    """Up, or, when an earlier run left a half-made lab behind, swept and up again."""
+    script = str(REPO / "lab" / "boxes.sh")
+    up = subprocess.run(["bash", script, "up", "2"], capture_output=True, text=True)
+    if up.returncode != 0:
+        subprocess.run(["bash", script, "down"], capture_output=True, check=True)
+        up = subprocess.run(["bash", script, "up", "2"], capture_output=True, text=True)
+    assert up.returncode == 0, f"lab/boxes.sh up 2 failed:\n{up.stdout}{up.stderr}"
     return load_inventory(REPO / "inventory" / "lab-metal.yaml")
 
 
