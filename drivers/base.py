@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -60,6 +61,7 @@ class Capability(StrEnum):
     BIND_ADDRESSES = "bind_addresses"
     # The purge returns per-device erase records for the core to sign and journal.
     ERASE_RECORDS = "purge:erase_records"
+    BACKUP = "backup"
 
 
 class Power(StrEnum):
@@ -109,6 +111,17 @@ class Observed:
             return False
         size = (self.vcpus, self.memory_mib)
         return size != (spec.vcpus, spec.memory_mib) or self.disk_gib < spec.disk_gib
+
+
+@dataclass(frozen=True)
+class BackupCopy:
+    """One backup of a service's machine, where the hypervisor keeps it."""
+
+    backup_id: str
+    taken_at: datetime
+    size: int = 0
+    protected: bool = False
+    archive: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,17 @@ class ComputeDriver(ABC):
     def delete_snapshot(self, ref: ServiceRef, name: str) -> Outcome:
         raise Unsupported(f"{type(self).__name__} cannot delete snapshots")
 
+    def backup(self, ref: ServiceRef) -> Outcome:
+        """Take a backup while the machine keeps running; the outcome names it."""
+        raise Unsupported(f"{type(self).__name__} cannot take backups")
+
+    def backups(self, ref: ServiceRef) -> list[BackupCopy]:
+        """Every backup of the service, newest first, the archive included."""
+        raise Unsupported(f"{type(self).__name__} cannot list backups")
+
+    def delete_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        raise Unsupported(f"{type(self).__name__} cannot delete backups")
+
 
 class PowerDriver(ABC):
     """Out-of-band power of a dedicated box (IPMI)."""
@@ -205,6 +229,7 @@ class RunnerDriver(ABC):
 COMPUTE_DRIVERS: dict[str, str] = {
     "libvirt": "drivers.libvirt_compute:LibvirtCompute",
     "ipmi": "drivers.dedicated:DedicatedCompute",
+    "proxmox": "drivers.proxmox:ProxmoxCompute",
 }
 
 

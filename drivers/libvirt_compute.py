@@ -28,18 +28,21 @@ fails because the connection died is temporary, whatever code libvirt gave.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
 import libvirt
 
 from drivers.base import (
+    BackupCopy,
     Capability,
     ComputeDriver,
     DriverError,
@@ -91,6 +94,8 @@ BASE_CAPABILITIES = frozenset(
     }
 )
 SAMPLE_BYTES = 4096
+BACKUP_SEPARATOR = "--"
+BACKUP_STAMP = "%Y%m%dT%H%M%SZ"
 QUARANTINE_FILTER = "orchestrator-quarantine"
 QUARANTINE_FILTER_XML = (
     f"<filter name='{QUARANTINE_FILTER}' chain='root'>"
@@ -145,6 +150,7 @@ class LibvirtCompute(ComputeDriver):
         console_dir: str | None = None,
         shutdown_timeout: float = 60.0,
         domain_type_from: str | None = None,
+        backup_pool: str | None = None,
     ) -> None:
         self.uri, self.pool_name, self.network = uri, pool, network
         self.domain_type = _checked_domain_type(
@@ -153,12 +159,14 @@ class LibvirtCompute(ComputeDriver):
         self.base_volume, self.console_dir = base_volume, console_dir
         self.boot = Boot(**boot) if boot else None
         self.shutdown_timeout = shutdown_timeout
+        self.backup_pool = backup_pool
         self._connection: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(5)  # libvirtd serves 5 calls per client
         snapshots = {Capability.SNAPSHOT} if self.is_test or base_volume else set()
         wire = set() if self.is_test else {Capability.BIND_ADDRESSES}  # nwfilter needs libvirtd
-        self.capabilities = BASE_CAPABILITIES | snapshots | wire
+        backups = {Capability.BACKUP} if backup_pool and not self.is_test else set()
+        self.capabilities = BASE_CAPABILITIES | snapshots | wire | backups
 
     @property
     def is_test(self) -> bool:
@@ -358,6 +366,7 @@ class LibvirtCompute(ComputeDriver):
             evidence: dict[str, Any] = {"method": "none: already absent", "bytes": 0}
             if volume is not None:
                 evidence = self._destroy_volume(conn, volume)
+            evidence["backups_deleted"] = self._delete_backups(conn, ref)
             evidence.update(self._absence(conn, ref))
             if not evidence["verified_absent"]:
                 raise PermanentError(f"purge of {ref.name} left data behind: {evidence}")
@@ -369,6 +378,7 @@ class LibvirtCompute(ComputeDriver):
         pool = conn.storagePoolLookupByName(self.pool_name)
         refreshed = _refreshed(pool)
         listed = self._volume_name(ref) in pool.listVolumes()
+        listed |= bool(self._backup_volumes(conn, ref, refresh=True))
         gone = self._domain(conn, ref) is None and self._volume(conn, ref) is None
         listing = "refreshed pool listing" if refreshed else "pool listing (refresh refused)"
         return {"verified_absent": gone and not listed, "verified_by": listing}
@@ -456,6 +466,70 @@ class LibvirtCompute(ComputeDriver):
         else:
             volume.resize(wanted, 0)
         return True
+
+    # -- backups -------------------------------------------------------------
+
+    def backup(self, ref: ServiceRef) -> Outcome:
+        """A full, flattened qcow2 copy in the backup pool; a running guest keeps running.
+
+        A running guest is copied by libvirt's push-mode backup job (QEMU copies
+        a point-in-time view while the guest writes on); a stopped one by a
+        volume clone. The copy's SHA-256, read back through libvirt, is the
+        evidence that it was written whole.
+        """
+        self.require(Capability.BACKUP)
+        with self._call(f"back up {ref.name}") as conn:
+            volume = self._volume(conn, ref)
+            if volume is None:
+                raise PermanentError(f"{ref.name} has no volume to back up")
+            pool = conn.storagePoolLookupByName(str(self.backup_pool))
+            name = f"{ref.name}{BACKUP_SEPARATOR}{time.strftime(BACKUP_STAMP, time.gmtime())}.qcow2"
+            domain = self._domain(conn, ref)
+            if domain is not None and domain.isActive():
+                _push_backup(domain, f"{_pool_path(pool)}/{name}")
+                pool.refresh(0)
+                copy = pool.storageVolLookupByName(name)
+            else:
+                copy = pool.createXMLFrom(_copy_xml(name, volume), volume, 0)
+            evidence = {"backup": name, "bytes": copy.info()[1], "sha256": _sha256(conn, copy)}
+            return Outcome(True, self._observe(conn, ref), f"backup {name}", evidence)
+
+    def backups(self, ref: ServiceRef) -> list[BackupCopy]:
+        self.require(Capability.BACKUP)
+        with self._call(f"list backups of {ref.name}") as conn:
+            found = [
+                BackupCopy(v.name(), _backup_time(v.name()), v.info()[1])
+                for v in self._backup_volumes(conn, ref, refresh=True)
+            ]
+        return sorted(found, key=lambda b: b.taken_at, reverse=True)
+
+    def delete_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        self.require(Capability.BACKUP)
+        with self._call(f"delete backup {backup_id}") as conn:
+            by_name = {v.name(): v for v in self._backup_volumes(conn, ref)}
+            if backup_id not in by_name:
+                return Outcome(False, self._observe(conn, ref), f"no backup {backup_id}")
+            by_name[backup_id].delete(0)
+            return Outcome(True, self._observe(conn, ref), f"deleted {backup_id}")
+
+    def _backup_volumes(
+        self, conn: libvirt.virConnect, ref: ServiceRef, refresh: bool = False
+    ) -> list[libvirt.virStorageVol]:
+        if not self.backup_pool:
+            return []
+        pool = conn.storagePoolLookupByName(self.backup_pool)
+        if refresh:
+            _refreshed(pool)
+        prefix = f"{ref.name}{BACKUP_SEPARATOR}"
+        return [v for v in pool.listAllVolumes(0) if v.name().startswith(prefix)]
+
+    def _delete_backups(self, conn: libvirt.virConnect, ref: ServiceRef) -> list[str]:
+        """Backups are data too: a purge leaves none (they hold no secrets but the guest's)."""
+        deleted = []
+        for volume in self._backup_volumes(conn, ref, refresh=True):
+            deleted.append(volume.name())
+            volume.delete(0)
+        return deleted
 
     def snapshot(self, ref: ServiceRef, name: str) -> Outcome:
         """Internal snapshots: they live inside the volume, so a purge destroys them too."""
@@ -636,6 +710,56 @@ def _domain_type(uri: str, verdict_file: str | None) -> str:
             return verdict.read().split()[0]
     except (OSError, IndexError) as exc:
         raise PermanentError(f"cannot read the lab's accelerator from {verdict_file}") from exc
+
+
+def _push_backup(domain: libvirt.virDomain, target: str, timeout: float = 3600.0) -> None:
+    """Run libvirt's push-mode backup job to ``target`` and wait for its end."""
+    domain.backupBegin(
+        "<domainbackup mode='push'><disks><disk name='vda' backup='yes' type='file'>"
+        f"<driver type='qcow2'/><target file='{escape(target)}'/></disk></disks></domainbackup>",
+        None,
+        0,
+    )
+    deadline = time.monotonic() + timeout
+    while domain.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        if time.monotonic() > deadline:
+            domain.abortJob()
+            raise TemporaryError(f"backup of {domain.name()} took over {timeout:g}s; aborted")
+        time.sleep(0.2)
+    stats = domain.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    if stats.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED or not stats.get("success", True):
+        raise PermanentError(f"backup job of {domain.name()} failed: {stats.get('errmsg', stats)}")
+
+
+def _pool_path(pool: libvirt.virStoragePool) -> str:
+    match = re.search(r"<target>\s*<path>([^<]+)</path>", pool.XMLDesc(0))
+    if not match:
+        raise PermanentError(f"backup pool {pool.name()} has no directory (a dir pool is needed)")
+    return match.group(1)
+
+
+def _copy_xml(name: str, volume: libvirt.virStorageVol) -> str:
+    capacity = volume.info()[1]
+    return (
+        f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
+        "<target><format type='qcow2'/></target></volume>"
+    )
+
+
+def _sha256(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> str:
+    digest = hashlib.sha256()
+    stream = conn.newStream(0)
+    volume.download(stream, 0, 0, 0)
+    while (data := stream.recv(1 << 20)) not in (b"", None):
+        if isinstance(data, bytes):
+            digest.update(data)
+    stream.finish()
+    return digest.hexdigest()
+
+
+def _backup_time(name: str) -> datetime:
+    stamp = name.rsplit(BACKUP_SEPARATOR, 1)[-1].removesuffix(".qcow2")
+    return datetime.strptime(stamp, BACKUP_STAMP).replace(tzinfo=UTC)
 
 
 def _checked_domain_type(uri: str, domain_type: str) -> str:

@@ -116,7 +116,22 @@ def main(argv: list[str]) -> None:
     else:
         raise SystemExit(__doc__)
     print("ready", flush=True)
-    bmc.Bmc.listen(timeout=30)
+    serve()
+
+
+def serve() -> None:
+    """pyghmi's server loop, kept alive past the one packet it cannot route.
+
+    Under load a client's retransmission can reach a server session that has
+    no ``sessionless_data`` handler; pyghmi raises AttributeError out of its
+    loop, which would silence every BMC of this process. The packet is
+    already dequeued, so dropping it is what a real BMC would do.
+    """
+    while True:
+        try:
+            bmc.Bmc.listen(timeout=30)
+        except AttributeError as exc:
+            print(f"lab.bmcs: dropped a packet pyghmi cannot route ({exc})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 export LAB_DIR=${LAB_DIR:-/var/lib/orchestrator-lab}
 uri=qemu:///system
 pool=orchestrator-lab
+backup_pool=orchestrator-lab-backups
 network=orchestrator-lab
 virsh=(virsh -q -c "$uri")
 # shellcheck source=lab/apt.sh
@@ -54,13 +55,20 @@ start_daemons() {
   return 1
 }
 
-define_pool() {
-  if ! "${virsh[@]}" pool-info "$pool" >/dev/null 2>&1; then
-    "${virsh[@]}" pool-define-as "$pool" dir --target "$LAB_DIR/pool" >/dev/null
-    "${virsh[@]}" pool-autostart "$pool" >/dev/null
+define_dir_pool() {
+  local name=$1 dir=$2
+  mkdir -p "$dir"
+  if ! "${virsh[@]}" pool-info "$name" >/dev/null 2>&1; then
+    "${virsh[@]}" pool-define-as "$name" dir --target "$dir" >/dev/null
+    "${virsh[@]}" pool-autostart "$name" >/dev/null
   fi
-  [[ $("${virsh[@]}" pool-info "$pool") == *running* ]] || "${virsh[@]}" pool-start "$pool" >/dev/null
-  "${virsh[@]}" pool-refresh "$pool" >/dev/null
+  [[ $("${virsh[@]}" pool-info "$name") == *running* ]] || "${virsh[@]}" pool-start "$name" >/dev/null
+  "${virsh[@]}" pool-refresh "$name" >/dev/null
+}
+
+define_pool() {
+  define_dir_pool "$pool" "$LAB_DIR/pool"
+  define_dir_pool "$backup_pool" "$LAB_DIR/backups"  # where guests' backups go
   if ! "${virsh[@]}" vol-info --pool "$pool" lab-base.img >/dev/null 2>&1; then
     "${virsh[@]}" vol-create-as "$pool" lab-base.img 64M --format raw >/dev/null
   fi
@@ -124,14 +132,16 @@ down() {
     done
     "${virsh[@]}" net-destroy "$network" >/dev/null 2>&1 || true
     "${virsh[@]}" net-undefine "$network" >/dev/null 2>&1 || true
-    "${virsh[@]}" pool-destroy "$pool" >/dev/null 2>&1 || true
-    "${virsh[@]}" pool-undefine "$pool" >/dev/null 2>&1 || true
+    for name in "$pool" "$backup_pool"; do
+      "${virsh[@]}" pool-destroy "$name" >/dev/null 2>&1 || true
+      "${virsh[@]}" pool-undefine "$name" >/dev/null 2>&1 || true
+    done
   fi
   for daemon in libvirtd virtlogd; do
     pkill -x "$daemon" || true
     while pgrep -x "$daemon" >/dev/null; do sleep 0.1; done
   done
-  rm -rf "$LAB_DIR/pool" "$LAB_DIR/console"
+  rm -rf "$LAB_DIR/pool" "$LAB_DIR/backups" "$LAB_DIR/console"
   echo "lab: down"
 }
 

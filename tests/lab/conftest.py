@@ -37,6 +37,9 @@ def remove_guests_afterwards() -> Iterator[None]:
         virsh("destroy", name)
         virsh("undefine", name, "--snapshots-metadata")
         virsh("vol-delete", "--pool", "orchestrator-lab", f"{name}.qcow2")
+        for volume in virsh("vol-list", "orchestrator-lab-backups").stdout.split():
+            if volume.startswith(f"{name}--"):
+                virsh("vol-delete", "--pool", "orchestrator-lab-backups", volume)
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:

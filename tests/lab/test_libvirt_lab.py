@@ -7,6 +7,7 @@ driver; guests are real QEMU processes (TCG where KVM cannot boot them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -234,3 +235,30 @@ def test_binding_follows_the_store_while_the_guest_runs(
     assert not driver.bind_addresses(ref, ("192.0.2.77",)).changed
     assert filter_of(sid) == ("clean-traffic", ["192.0.2.77"])
     assert driver.inspect(ref).addresses == ("192.0.2.77",)
+
+
+def test_a_running_guest_is_backed_up_whole_and_purged_with_its_backups(
+    lab: str, lab_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    sid = f"k{uuid.uuid4().hex[:7]}"
+    orch = _orchestrator(tmp_path, policies, lab_inventory)
+    orch.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    wait_for_guest_data(sid)
+    driver, ref = orch.driver("kvm-jkt-1"), ServiceRef(sid, "kvm-jkt-1")
+    outcome = driver.backup(ref)
+    assert domain_state(sid) == "running"  # the guest kept running through its backup
+    copy = LAB_DIR / "backups" / outcome.evidence["backup"]
+    data = copy.read_bytes()
+    assert data[:4] == b"QFI\xfb" and f"LABDATA:svc-{sid}".encode() in data
+    assert outcome.evidence["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [b.backup_id for b in driver.backups(ref)] == [copy.name]
+    orch.apply(wib(2026, 12, 9, 0, 1))  # terminated: the backup stays with the archive
+    assert copy.exists()
+    orch.apply(wib(2026, 12, 16, 0, 1))  # purged: every copy goes
+    assert not copy.exists() and not list((LAB_DIR / "backups").glob(f"svc-{sid}*"))
+    with orch.sessions() as session:
+        purge = session.scalars(
+            select(StepRow).where(StepRow.service_id == sid, StepRow.kind == "purge")
+        ).one()
+    assert json.loads(purge.result or "{}")["backups_deleted"] == [copy.name]
