@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -22,8 +23,9 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
-from orchestrator import audit, evidence, journal, notify
+from orchestrator import audit, evidence, ipam, journal, notify
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
@@ -686,6 +688,161 @@ def demo(
 
     code = run_demo(workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor)
     raise typer.Exit(code)
+
+
+# -- IP addresses ------------------------------------------------------------
+
+ips_app = typer.Typer(no_args_is_help=True, help="IP addresses: states, history, operator moves.")
+app.add_typer(ips_app, name="ips")
+ReasonOption = Annotated[str, typer.Option("--reason", help="why, for the history and audit")]
+
+
+@ips_app.command("list")
+def ips_list(
+    ctx: typer.Context,
+    pool: Annotated[str | None, typer.Option(help="only this pool")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="free, assigned, quarantine, reserved or blocked")
+    ] = None,
+    at: AtOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Addresses with their state at a moment (an ended quarantine reads as free)."""
+    orchestrator = _orchestrator(ctx)
+    if state is not None and state not in ipam.STATES:
+        raise _fail(f"unknown state {state!r} (states: {', '.join(ipam.STATES)})")
+    with orchestrator.sessions() as session:
+        views = ipam.listing(session, parse_at(at), pool=pool, state=state)
+    if pool is not None and not views and pool not in orchestrator.inventory.pools:
+        raise _fail(f"unknown pool {pool!r} (known: {', '.join(orchestrator.inventory.pools)})")
+    sites = {name: found.site for name, found in orchestrator.inventory.pools.items()}
+    rows = [_ips_json(view, history=False) | {"site": sites.get(view.pool)} for view in views]
+    columns = ("address", "pool", "site", "state", "service_id", "quarantine_until")
+    _emit(rows, as_json, lambda data: _table(data, columns))
+
+
+@ips_app.command("show")
+def ips_show(
+    ctx: typer.Context, address: str, at: AtOption = None, as_json: JsonFlag = False
+) -> None:
+    """One address: its state, who holds it, and every change with who made it and why."""
+    orchestrator = _orchestrator(ctx)
+    try:
+        with orchestrator.sessions() as session:
+            view = ipam.show(session, address, parse_at(at))
+    except ipam.IpamError as exc:
+        raise _fail(str(exc)) from None
+    _emit(_ips_json(view), as_json, _ips_show_render)
+
+
+def _ips_show_render(data: dict[str, Any]) -> None:
+    holder = data["service_id"] or data["last_service_id"] or "nobody"
+    until = f" until {data['quarantine_until']}" if data["quarantine_until"] else ""
+    out.print(
+        f"[bold]{data['address']}[/bold] ({data['pool']}): [bold]{data['state']}[/bold]"
+        f"{until}; service {holder}",
+        highlight=False,
+    )
+    for h in data["history"]:
+        service = f" ({h['service_id']})" if h["service_id"] else ""
+        rest = f" until {h['until']}" if h["until"] else ""
+        out.print(
+            f"  {h['at']}  {h['from_state']} -> {h['to_state']}{rest}{service}"
+            f" by {h['actor']}: {h['reason']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if not data["history"]:
+        out.print("  unchanged since it was seeded")
+
+
+@ips_app.command("release")
+def ips_release(
+    ctx: typer.Context, address: str, reason: ReasonOption = "released early", at: AtOption = None
+) -> None:
+    """End an address's quarantine now: anyone may get it next."""
+    _ips_move(ctx, "released", at, reason, lambda s, c: ipam.release(s, address, c))
+
+
+@ips_app.command("extend")
+def ips_extend(
+    ctx: typer.Context,
+    address: str,
+    until: Annotated[str, typer.Option(help="the quarantine's new end: a date or ISO time")],
+    reason: ReasonOption = "quarantine extended",
+    at: AtOption = None,
+) -> None:
+    """Move an address's quarantine end (a bare date means the end of that day)."""
+    end = _ips_until(until)
+    _ips_move(ctx, "extended", at, reason, lambda s, c: ipam.extend(s, address, end, c))
+
+
+@ips_app.command("block")
+def ips_block(
+    ctx: typer.Context,
+    address: str,
+    reason: Annotated[str, typer.Option(help="why (abuse report, blocklist), for the history")],
+    force: Annotated[
+        bool, typer.Option("--force", help="also when it is assigned: takes it from its service")
+    ] = False,
+    at: AtOption = None,
+) -> None:
+    """Keep an address from everyone, e.g. while it sits on a blocklist."""
+    _ips_move(ctx, "blocked", at, reason, lambda s, c: ipam.block(s, address, c, force=force))
+
+
+@ips_app.command("unblock")
+def ips_unblock(
+    ctx: typer.Context, address: str, reason: ReasonOption = "unblocked", at: AtOption = None
+) -> None:
+    """Lift a block: back to the quarantine it interrupted if that lasts, else free."""
+    _ips_move(ctx, "unblocked", at, reason, lambda s, c: ipam.unblock(s, address, c))
+
+
+def _ips_move(
+    ctx: typer.Context,
+    verb: str,
+    at: str | None,
+    reason: str,
+    move: Callable[[Session, ipam.Change], ipam.AddressView],
+) -> None:
+    """One operator move, its history and its audit entry in one transaction, or nothing."""
+    orchestrator = _orchestrator(ctx)
+    change = ipam.Change(parse_at(at), f"operator:{os.environ.get('USER', 'unknown')}", reason)
+    try:
+        with orchestrator.sessions.begin() as session:
+            view = move(session, change)
+            detail = {"reason": reason, "state": view.state, "until": view.quarantine_until}
+            audit.append(session, change.at, change.actor, f"ip.{verb}", view.address, detail)
+    except ipam.IpamError as exc:
+        raise _fail(str(exc)) from None
+    until = f" until {_local(view.quarantine_until)}" if view.quarantine_until else ""
+    out.print(f"{view.address} {verb}: now {view.state}{until}", highlight=False)
+
+
+def _ips_until(text: str) -> datetime:
+    try:
+        date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"--until {text!r} is neither a date (2026-12-06) nor an ISO time") from None
+    return parse_at(text)
+
+
+def _ips_json(view: ipam.AddressView, history: bool = True) -> dict[str, Any]:
+    """Times on the operator's clock; a listing leaves out the (unread) history."""
+    data = asdict(view)
+    if not history:
+        del data["history"]
+    for key in ("quarantine_until", "changed_at"):
+        data[key] = _local(data[key])
+    for entry in data.get("history", []):
+        entry["at"], entry["until"] = _local(entry["at"]), _local(entry["until"])
+    return data
+
+
+def _local(moment: datetime | None) -> str | None:
+    return moment.astimezone(operator_zone()).isoformat() if moment is not None else None
 
 
 def main() -> None:

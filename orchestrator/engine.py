@@ -124,7 +124,7 @@ class Orchestrator:
     def seed_pools(self) -> int:
         with self.sessions.begin() as session:
             return sum(
-                ipam.seed_pool(session, name, pool.addresses())
+                ipam.seed_pool(session, name, pool.addresses(), pool.reserved_addresses())
                 for name, pool in self.inventory.pools.items()
             )
 

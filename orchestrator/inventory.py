@@ -20,24 +20,122 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# More addresses than this in one pool need ``range`` or ``size`` to say which
+# to seed: an IPv6 /64 cannot be written out address by address.
+MAX_SEEDED = 65_536
+
+
 class Pool(Strict):
+    """A block of addresses to hand out, at a site, with its gateway and what is held back.
+
+    ``reserved`` takes single addresses and ranges ("192.0.2.10-192.0.2.20");
+    ``range`` ([first, last]) or ``size`` (the first N hosts) limit which
+    addresses are seeded, as an IPv6 pool must.
+    """
+
+    site: str | None = None
     cidr: str
     gateway: str | None = None
     reserved: list[str] = []
+    seeded_range: list[str] | None = Field(
+        None, alias="range", min_length=2, max_length=2, description="[first, last] to seed"
+    )
+    size: int | None = Field(None, ge=1, description="seed only the first N host addresses")
 
     @model_validator(mode="after")
     def _valid_network(self) -> Pool:
-        network = ipaddress.ip_network(self.cidr, strict=True)
-        for address in [*self.reserved, *([self.gateway] if self.gateway else [])]:
-            if ipaddress.ip_address(address) not in network:
-                raise ValueError(f"{address} is not in {self.cidr}")
+        network = self.network()
+        for address in [self.gateway] if self.gateway else []:
+            _inside(network, address, "gateway")
+        for text in self.reserved:
+            _span(network, text, "reserved")
+        first, last = self.span()
+        if last - first + 1 > MAX_SEEDED:
+            raise ValueError(
+                f"{self.cidr} has {last - first + 1} addresses; give range: [first, last] "
+                f"or size: N to say which to seed (at most {MAX_SEEDED})"
+            )
         return self
 
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        try:
+            return ipaddress.ip_network(self.cidr, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"cidr {self.cidr}: {exc}") from None
+
+    def span(self) -> tuple[int, int]:
+        """The first and last address seeded, as integers."""
+        network = self.network()
+        if self.seeded_range is not None and self.size is not None:
+            raise ValueError("give range or size, not both")
+        if self.seeded_range is not None:
+            return _span(network, "-".join(self.seeded_range), "range")
+        first, last = _hosts(network)
+        if self.size is not None:
+            if self.size > last - first + 1:
+                raise ValueError(f"size {self.size} is more than the {last - first + 1} hosts")
+            last = first + self.size - 1
+        return first, last
+
     def addresses(self) -> list[str]:
-        network = ipaddress.ip_network(self.cidr)
-        skip = {*self.reserved, *([self.gateway] if self.gateway else [])}
-        hosts = network.hosts() if network.num_addresses > 2 else iter(network)
-        return [str(a) for a in hosts if str(a) not in skip]
+        """The seeded addresses that may be handed out: neither gateway nor reserved."""
+        held_back = set(self.reserved_addresses())
+        return [a for a in self._seeded() if a not in held_back]
+
+    def reserved_addresses(self) -> list[str]:
+        """The gateway and reserved addresses within the seeded span, never handed out."""
+        network = self.network()
+        first, last = self.span()
+        texts = [*([self.gateway] if self.gateway else []), *self.reserved]
+        found: dict[str, None] = {}
+        for text in texts:
+            low, high = _span(network, text, "reserved")
+            for value in range(max(low, first), min(high, last) + 1):
+                found[_text(network, value)] = None
+        return list(found)
+
+    def _seeded(self) -> list[str]:
+        network = self.network()
+        first, last = self.span()
+        return [_text(network, value) for value in range(first, last + 1)]
+
+
+def _text(network: ipaddress.IPv4Network | ipaddress.IPv6Network, value: int) -> str:
+    """An address's usual spelling; the same as the store's key for it."""
+    if network.version == 4:
+        return str(ipaddress.IPv4Address(value))
+    return str(ipaddress.IPv6Address(value))
+
+
+def _hosts(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    """The usable hosts: not the network address, nor IPv4's broadcast, on a larger net."""
+    low, high = int(network.network_address), int(network.broadcast_address)
+    if network.num_addresses <= 2:
+        return low, high
+    return low + 1, high - (1 if network.version == 4 else 0)
+
+
+def _inside(network: ipaddress.IPv4Network | ipaddress.IPv6Network, text: str, what: str) -> int:
+    try:
+        address: Address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not an IP address") from None
+    if address not in network:
+        raise ValueError(f"{what} {address} is not in {network}")
+    return int(address)
+
+
+def _span(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network, text: str, what: str
+) -> tuple[int, int]:
+    """One address ("192.0.2.9") or an inclusive range ("192.0.2.10-192.0.2.20") as integers."""
+    first_text, _, last_text = text.partition("-")
+    first = _inside(network, first_text, what)
+    last = _inside(network, last_text, what) if last_text else first
+    if last < first:
+        raise ValueError(f"{what} range {text} is reversed: its first address is after its last")
+    return first, last
 
 
 class HostVars(Strict):
@@ -59,6 +157,18 @@ class Group(Strict):
 
 class AllVars(Strict):
     pools: dict[str, Pool] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _pools_apart(self) -> AllVars:
+        """An address in two pools could be handed out twice."""
+        named = sorted(self.pools.items())
+        for n, (name, pool) in enumerate(named):
+            for other, second in named[n + 1 :]:
+                if pool.network().overlaps(second.network()):
+                    raise ValueError(
+                        f"pools {name} ({pool.cidr}) and {other} ({second.cidr}) overlap"
+                    )
+        return self
 
 
 class AllGroup(Strict):

@@ -64,7 +64,7 @@ class ServiceRow(Base):
 
 
 class AddressRow(Base):
-    """An IP address: free, assigned to one service, or resting in quarantine."""
+    """An IP address: free, assigned, in quarantine, reserved or blocked (see ``ipam``)."""
 
     __tablename__ = "addresses"
     address: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -74,6 +74,22 @@ class AddressRow(Base):
     last_service_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     quarantine_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AddressHistoryRow(Base):
+    """One change of an address's state: who moved it, when, from what to what, and why."""
+
+    __tablename__ = "address_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    pool: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    from_state: Mapped[str] = mapped_column(String(20))
+    to_state: Mapped[str] = mapped_column(String(20))
+    service_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class StepRow(Base):
