@@ -1,0 +1,561 @@
+"""Compute driver for Proxmox VE: QEMU guests of a cluster, through its REST API.
+
+A service's machine is the VM named ``svc-<service id>``, found by name
+across the cluster (``/cluster/resources``), so it may be migrated between
+nodes without the orchestrator noticing. The lifecycle maps to Proxmox as:
+
+    create     clone the template (full clone by default) onto the node with
+               the most free memory that can take it, set cores, memory and
+               disk size, bind the addresses, start
+    suspend    pause: qm suspend (RAM kept); shutdown: ACPI shutdown, stop
+               after the timeout; cut_network: net0 link_down=1;
+               power_off: stop
+    resume     undo whichever of those holds
+    terminate  vzdump the stopped VM into the backup storage (the archive,
+               protected, notes "svc-... archive"), then destroy the VM with
+               its disks
+    restore    a new VM from the newest archive (``POST /nodes/{node}/qemu``
+               with ``archive``), started
+    purge      destroy the VM if any, delete every backup of the service on
+               every storage of the cluster (protection lifted first), then
+               scan every storage again: the evidence lists what was deleted
+               and what the scan found
+
+Backups are vzdump archives whose notes name the service (notes-template
+``{{guestname}}``), so they are found after the VM itself is gone. Addresses
+are bound by the VM firewall's ``ipfilter-net0`` IP set, which Proxmox
+uses to drop traffic from any other source address.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from drivers.base import (
+    BackupCopy,
+    Capability,
+    ComputeDriver,
+    MachineSpec,
+    Observed,
+    Outcome,
+    PermanentError,
+    Power,
+    ServiceRef,
+    TemporaryError,
+    Unsupported,
+)
+from drivers.proxmox_api import PveApi
+from orchestrator.credentials import resolve
+
+IPSET = "ipfilter-net0"
+ARCHIVE_NOTE = "archive"
+DISK_SIZE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
+SIZE_GIB = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024, "": 1 / 1024**3}
+
+
+@dataclass(frozen=True)
+class Guest:
+    """Where a service's VM is: enough to address it in the API."""
+
+    node: str
+    vmid: int
+
+    @property
+    def path(self) -> str:
+        return f"nodes/{self.node}/qemu/{self.vmid}"
+
+
+@dataclass(frozen=True)
+class Template:
+    node: str
+    vmid: int
+    shared: bool
+
+
+class ProxmoxCompute(ComputeDriver):
+    capabilities = frozenset(
+        {
+            Capability.CREATE,
+            Capability.SUSPEND_PAUSE,
+            Capability.SUSPEND_SHUTDOWN,
+            Capability.SUSPEND_CUT_NETWORK,
+            Capability.SUSPEND_POWER_OFF,
+            Capability.ARCHIVE,
+            Capability.RESTORE,
+            Capability.PURGE,
+            Capability.SNAPSHOT,
+            Capability.RESIZE,
+            Capability.BIND_ADDRESSES,
+            Capability.BACKUP,
+        }
+    )
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        user: str,
+        token_name: str,
+        token_secret: str,
+        verify: str | bool = True,
+        template: str,
+        storage: str = "local-lvm",
+        backup_storage: str = "local",
+        disk: str = "scsi0",
+        linked_clone: bool = False,
+        nodes: list[str] | None = None,
+        shutdown_timeout: int = 60,
+        task_timeout: float = 900.0,
+        lock_patience: float = 300.0,
+        poll: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api = PveApi(
+            uri,
+            user=user,
+            token_name=token_name,
+            token_secret=resolve(token_secret, what=f"{uri} token_secret"),
+            verify=verify,
+            task_timeout=task_timeout,
+            lock_patience=lock_patience,
+            poll=poll,
+            sleep=sleep,
+        )
+        self.template = template
+        self.storage = storage
+        self.backup_storage = backup_storage
+        self.disk = disk
+        self.linked_clone = linked_clone
+        self.nodes = nodes
+        self.shutdown_timeout = shutdown_timeout
+
+    # --- finding things ------------------------------------------------------------
+
+    def _guest(self, ref: ServiceRef) -> Guest | None:
+        found = [
+            vm for vm in self.api.get("cluster/resources", type="vm")
+            if vm.get("name") == ref.name and vm.get("type") == "qemu" and not vm.get("template")
+        ]
+        if len(found) > 1:
+            ids = ", ".join(str(vm["vmid"]) for vm in found)
+            raise PermanentError(f"{ref.name}: several VMs carry this name ({ids}); fix by hand")
+        return Guest(found[0]["node"], int(found[0]["vmid"])) if found else None
+
+    def _templates(self) -> list[Template]:
+        templates = []
+        for vm in self.api.get("cluster/resources", type="vm"):
+            if vm.get("template") and vm.get("name") == self.template:
+                config = self.api.get(f"nodes/{vm['node']}/qemu/{vm['vmid']}/config")
+                storage = str(config.get(self.disk, "")).split(":", 1)[0]
+                templates.append(Template(vm["node"], int(vm["vmid"]), self._shared(storage)))
+        if not templates:
+            raise PermanentError(f"no template named {self.template!r} in the cluster")
+        return templates
+
+    def _shared(self, storage: str) -> bool:
+        return any(
+            s.get("storage") == storage and s.get("shared")
+            for s in self.api.get("cluster/resources", type="storage")
+        )
+
+    def _placement(self, spec: MachineSpec) -> tuple[Template, str]:
+        """The template to clone and the node to clone onto: the most free memory wins."""
+        templates = self._templates()
+        shared = next((t for t in templates if t.shared), None)
+        local = {t.node: t for t in templates}
+        needed = spec.memory_mib * 1024 * 1024
+        candidates = []
+        for node in self.api.get("nodes"):
+            name = node["node"]
+            if node.get("status") != "online" or (self.nodes and name not in self.nodes):
+                continue
+            template = local.get(name) or shared
+            free = int(node.get("maxmem", 0)) - int(node.get("mem", 0))
+            if template is not None and free >= needed:
+                candidates.append((free, -float(node.get("cpu", 0)), name, template))
+        if not candidates:
+            raise TemporaryError(
+                f"no online node holding template {self.template!r} has "
+                f"{spec.memory_mib} MiB free", delay=300.0,
+            )
+        _, _, node, template = max(candidates, key=lambda c: (c[0], c[1], c[2]))
+        return template, node
+
+    # --- reading state -------------------------------------------------------------
+
+    def inspect(self, ref: ServiceRef) -> Observed:
+        guest = self._guest(ref)
+        if guest is None:
+            archived = any(b.archive for b in self.backups(ref))
+            return Observed(Power.ABSENT, archived=archived, data_present=archived)
+        return self._observe(guest)
+
+    def _observe(self, guest: Guest) -> Observed:
+        status = self.api.get(f"{guest.path}/status/current")
+        config = self.api.get(f"{guest.path}/config")
+        return Observed(
+            _power(status),
+            network_cut="link_down=1" in str(config.get("net0", "")),
+            data_present=True,
+            addresses=tuple(sorted(self._bound(guest))),
+            vcpus=int(config.get("cores", 1)) * int(config.get("sockets", 1)),
+            memory_mib=int(config.get("memory", 0)),
+            disk_gib=_disk_gib(str(config.get(self.disk, ""))),
+            autostart=bool(int(config.get("onboot", 0))),
+        )
+
+    def _bound(self, guest: Guest) -> list[str]:
+        names = {s["name"] for s in self.api.get(f"{guest.path}/firewall/ipset")}
+        if IPSET not in names:
+            return []
+        return [_address(e["cidr"]) for e in self.api.get(f"{guest.path}/firewall/ipset/{IPSET}")]
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def create(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        guest = self._guest(ref)
+        changed = guest is None
+        if guest is None:
+            guest = self._clone(ref, spec)
+        changed |= self._configure(guest, ref, spec)
+        if spec.addresses:
+            changed |= self._bind(guest, spec.addresses)
+        changed |= self._start(guest)
+        return Outcome(changed, self._observe(guest), f"VM {guest.vmid} on {guest.node}")
+
+    def _clone(self, ref: ServiceRef, spec: MachineSpec) -> Guest:
+        template, node = self._placement(spec)
+        vmid = int(self.api.get("cluster/nextid"))
+        options: dict[str, Any] = {"newid": vmid, "name": ref.name,
+                                   "description": f"service {ref.service_id}"}
+        if self.linked_clone and node == template.node:
+            options["full"] = 0
+        else:
+            options.update(full=1, storage=self.storage)
+        if node != template.node:
+            options["target"] = node
+        source = f"nodes/{template.node}/qemu/{template.vmid}"
+        self.api.task(f"clone {ref.name}", lambda: self.api.post(f"{source}/clone", **options))
+        return Guest(node, vmid)
+
+    def _configure(self, guest: Guest, ref: ServiceRef, spec: MachineSpec) -> bool:
+        config = self.api.get(f"{guest.path}/config")
+        wanted = {"cores": spec.vcpus, "memory": spec.memory_mib, "onboot": 1}
+        change = {k: v for k, v in wanted.items() if str(config.get(k, "")) != str(v)}
+        if change:
+            self.api.put(f"{guest.path}/config", **change)
+        return bool(change) | self._grow(guest, config, spec)
+
+    def _grow(self, guest: Guest, config: dict[str, Any], spec: MachineSpec) -> bool:
+        if _disk_gib(str(config.get(self.disk, ""))) >= spec.disk_gib:
+            return False
+        self.api.task(
+            f"resize {guest.vmid}",
+            lambda: self.api.put(f"{guest.path}/resize", disk=self.disk, size=f"{spec.disk_gib}G"),
+        )
+        return True
+
+    def suspend(self, ref: ServiceRef, method: str) -> Outcome:
+        guest = self._require(ref)
+        before = self._observe(guest)
+        if method == "cut_network":
+            changed = self._set_link(guest, down=True)
+        elif method == "pause":
+            changed = before.power == Power.RUNNING and self._power(guest, "suspend")
+        elif method == "shutdown":
+            changed = before.power != Power.OFF and self._power(
+                guest, "shutdown", timeout=self.shutdown_timeout, forceStop=1
+            )
+        elif method == "power_off":
+            changed = before.power != Power.OFF and self._power(guest, "stop")
+        else:
+            raise Unsupported(f"Proxmox VMs suspend by pause, shutdown, cut_network or "
+                              f"power_off, not {method}")
+        return Outcome(changed, self._observe(guest), f"{method} VM {guest.vmid}")
+
+    def resume(self, ref: ServiceRef) -> Outcome:
+        guest = self._require(ref)
+        changed = self._set_link(guest, down=False)
+        changed |= self._start(guest)
+        return Outcome(changed, self._observe(guest), f"VM {guest.vmid} running")
+
+    def archive(self, ref: ServiceRef) -> Outcome:
+        guest = self._guest(ref)
+        if guest is None:
+            observed = self.inspect(ref)
+            if not observed.archived:
+                raise PermanentError(f"{ref.name}: no VM and no archive to keep")
+            return Outcome(False, observed, "already archived")
+        if self._observe(guest).power != Power.OFF:
+            self._power(guest, "stop")
+        volid = self._vzdump(guest, mode="stop", notes=f"{{{{guestname}}}} {ARCHIVE_NOTE}")
+        self._destroy(guest)
+        return Outcome(True, self.inspect(ref), f"archived as {volid}", {"archive": volid})
+
+    def restore(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        guest = self._guest(ref)
+        if guest is not None:
+            return self.resume(ref)
+        archives = [b for b in self.backups(ref) if b.archive]
+        if not archives:
+            raise PermanentError(f"{ref.name}: no archive to restore from")
+        node = _volume_node(archives[0].backup_id) or self._placement(spec)[1]
+        vmid = int(self.api.get("cluster/nextid"))
+        self.api.task(
+            f"restore {ref.name}",
+            lambda: self.api.post(
+                f"nodes/{node}/qemu", vmid=vmid, archive=_volid(archives[0].backup_id),
+                storage=self.storage, unique=1,
+            ),
+        )
+        restored = Guest(node, vmid)
+        self._start(restored)
+        detail = f"VM {vmid} restored from {archives[0].backup_id}"
+        return Outcome(True, self._observe(restored), detail)
+
+    def purge(self, ref: ServiceRef) -> Outcome:
+        guest = self._guest(ref)
+        deleted: list[str] = []
+        if guest is not None:
+            if self._observe(guest).power != Power.OFF:
+                self._power(guest, "stop")
+            self._destroy(guest)
+            deleted.append(f"vm {guest.vmid} on {guest.node} with its disks")
+        for backup in self.backups(ref):
+            self.delete_backup(ref, backup.backup_id)
+            deleted.append(backup.backup_id)
+        remaining = self._scan(ref, guest)
+        evidence = {"deleted": deleted, "scan": self._storages(),
+                    "remaining": remaining, "verified_absent": not remaining}
+        if remaining:
+            raise PermanentError(f"{ref.name}: still present after purge: {', '.join(remaining)}")
+        return Outcome(bool(deleted), Observed(Power.ABSENT), "every copy deleted", evidence)
+
+    def bind_addresses(self, ref: ServiceRef, addresses: tuple[str, ...]) -> Outcome:
+        guest = self._require(ref)
+        changed = self._bind(guest, addresses)
+        return Outcome(changed, self._observe(guest), f"bound {', '.join(addresses) or 'none'}")
+
+    def resize(self, ref: ServiceRef, spec: MachineSpec) -> Outcome:
+        guest = self._require(ref)
+        changed = self._configure(guest, ref, spec)
+        return Outcome(changed, self._observe(guest), f"{spec.vcpus} vCPU, {spec.memory_mib} MiB")
+
+    # --- snapshots -----------------------------------------------------------------
+
+    def snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        guest = self._require(ref)
+        if name in self.snapshots(ref):
+            return Outcome(False, self._observe(guest), f"snapshot {name} exists")
+        self.api.task(f"snapshot {ref.name}",
+                      lambda: self.api.post(f"{guest.path}/snapshot", snapname=name))
+        return Outcome(True, self._observe(guest), f"snapshot {name} taken")
+
+    def snapshots(self, ref: ServiceRef) -> list[str]:
+        guest = self._require(ref)
+        return [s["name"] for s in self.api.get(f"{guest.path}/snapshot") if s["name"] != "current"]
+
+    def revert(self, ref: ServiceRef, name: str) -> Outcome:
+        guest = self._require(ref)
+        self.api.task(f"rollback {ref.name}",
+                      lambda: self.api.post(f"{guest.path}/snapshot/{name}/rollback"))
+        return Outcome(True, self._observe(guest), f"rolled back to {name}")
+
+    def delete_snapshot(self, ref: ServiceRef, name: str) -> Outcome:
+        guest = self._require(ref)
+        if name not in self.snapshots(ref):
+            return Outcome(False, self._observe(guest), f"no snapshot {name}")
+        self.api.task(f"delete snapshot {ref.name}",
+                      lambda: self.api.delete(f"{guest.path}/snapshot/{name}"))
+        return Outcome(True, self._observe(guest), f"snapshot {name} deleted")
+
+    # --- backups -------------------------------------------------------------------
+
+    def backup(self, ref: ServiceRef) -> Outcome:
+        guest = self._require(ref)
+        volid = self._vzdump(guest, mode="snapshot", notes="{{guestname}}")
+        return Outcome(True, self._observe(guest), f"backup {volid}", {"backup": volid})
+
+    def backups(self, ref: ServiceRef) -> list[BackupCopy]:
+        found: dict[str, BackupCopy] = {}
+        for node, storage in self._storages("backup"):
+            for item in self.api.get(f"nodes/{node}/storage/{storage}/content", content="backup"):
+                words = str(item.get("notes", "")).split()
+                if words[:1] == [ref.name]:
+                    found.setdefault(item["volid"], _copy(node, item, ARCHIVE_NOTE in words[1:]))
+        return sorted(found.values(), key=lambda b: b.taken_at, reverse=True)
+
+    def delete_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        node, volid = _volume_node(backup_id) or self._any_node(), _volid(backup_id)
+        storage = volid.split(":", 1)[0]
+        path = f"nodes/{node}/storage/{storage}/content/{volid}"
+        self.api.put(path, protected=0)
+        self.api.task(f"delete backup {volid}", lambda: self.api.delete(path))
+        return Outcome(True, Observed(Power.ABSENT), f"deleted {volid}")
+
+    def prune(self, ref: ServiceRef, keep: str) -> list[dict[str, Any]]:
+        """Proxmox's own prune of the service's backups (``keep`` as prune-backups)."""
+        guest = self._require(ref)
+        marks: list[dict[str, Any]] = []
+        options = {"prune-backups": keep, "type": "qemu", "vmid": guest.vmid}
+        for node, storage in self._storages("backup"):
+            marks += self._prune_on(f"nodes/{node}/storage/{storage}/prunebackups", options)
+        return marks
+
+    def _prune_on(self, path: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+        marks: list[dict[str, Any]] = self.api.get(path, **options)
+        self.api.task(f"prune {options['vmid']}", lambda: self.api.delete(path, **options))
+        return marks
+
+    def _vzdump(self, guest: Guest, mode: str, notes: str) -> str:
+        """Back up the guest; returns the new archive's ``node/volid``."""
+        before = {b["volid"] for b in self._node_backups(guest)}
+        self.api.task(
+            f"vzdump {guest.vmid}",
+            lambda: self.api.post(
+                f"nodes/{guest.node}/vzdump", vmid=str(guest.vmid), storage=self.backup_storage,
+                mode=mode, compress="zstd", **{"notes-template": notes},
+                protected=int(ARCHIVE_NOTE in notes),
+            ),
+        )
+        new = [b["volid"] for b in self._node_backups(guest) if b["volid"] not in before]
+        if len(new) != 1:
+            raise PermanentError(f"vzdump {guest.vmid} reported success but made {len(new)} "
+                                 f"archives on {self.backup_storage}")
+        return f"{guest.node}/{new[0]}"
+
+    def _node_backups(self, guest: Guest) -> list[dict[str, Any]]:
+        path = f"nodes/{guest.node}/storage/{self.backup_storage}/content"
+        items: list[dict[str, Any]] = self.api.get(path, content="backup", vmid=guest.vmid)
+        return items
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _require(self, ref: ServiceRef) -> Guest:
+        guest = self._guest(ref)
+        if guest is None:
+            raise PermanentError(f"{ref.name}: no such VM in the cluster")
+        return guest
+
+    def _power(self, guest: Guest, verb: str, **options: Any) -> bool:
+        path = f"{guest.path}/status/{verb}"
+        self.api.task(f"{verb} {guest.vmid}", lambda: self.api.post(path, **options))
+        return True
+
+    def _start(self, guest: Guest) -> bool:
+        power = self._observe(guest).power
+        if power == Power.PAUSED:
+            return self._power(guest, "resume")
+        if power == Power.OFF:
+            return self._power(guest, "start")
+        return False
+
+    def _set_link(self, guest: Guest, down: bool) -> bool:
+        net0 = str(self.api.get(f"{guest.path}/config").get("net0", ""))
+        if not net0 or ("link_down=1" in net0) == down:
+            return False
+        parts = [p for p in net0.split(",") if not p.startswith("link_down=")]
+        parts += ["link_down=1"] if down else []
+        self.api.put(f"{guest.path}/config", net0=",".join(parts))
+        return True
+
+    def _bind(self, guest: Guest, addresses: tuple[str, ...]) -> bool:
+        base = f"{guest.path}/firewall"
+        changed = False
+        if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
+            self.api.post(f"{base}/ipset", name=IPSET, comment="orchestrator: allowed sources")
+            changed = True
+        entries = {_address(e["cidr"]): e["cidr"] for e in self.api.get(f"{base}/ipset/{IPSET}")}
+        for address in sorted(set(addresses) - set(entries)):
+            self.api.post(f"{base}/ipset/{IPSET}", cidr=address)
+            changed = True
+        for address in sorted(set(entries) - set(addresses)):
+            self.api.delete(f"{base}/ipset/{IPSET}/{entries[address]}")
+            changed = True
+        options = self.api.get(f"{base}/options")
+        if not (options.get("enable") and options.get("ipfilter")):
+            self.api.put(f"{base}/options", enable=1, ipfilter=1)
+            changed = True
+        return changed
+
+    def _destroy(self, guest: Guest) -> None:
+        self.api.task(
+            f"destroy {guest.vmid}",
+            lambda: self.api.delete(guest.path, purge=1, **{"destroy-unreferenced-disks": 1}),
+        )
+
+    def _storages(self, content: str = "") -> list[tuple[str, str]]:
+        """(node, storage) pairs holding ``content``; a shared storage once."""
+        seen: set[str] = set()
+        pairs = []
+        for s in self.api.get("cluster/resources", type="storage"):
+            if s.get("status", "available") != "available":
+                continue
+            if content and content not in str(s.get("content", "")).split(","):
+                continue
+            if s.get("shared") and s["storage"] in seen:
+                continue
+            seen.add(s["storage"])
+            pairs.append((s["node"], s["storage"]))
+        return sorted(pairs)
+
+    def _scan(self, ref: ServiceRef, guest: Guest | None) -> list[str]:
+        """What of the service is still anywhere: its VM, its disks, its backups."""
+        remaining = [f"vm {g.vmid}" for g in [self._guest(ref)] if g]
+        remaining += [b.backup_id for b in self.backups(ref)]
+        if guest is not None:
+            for node, storage in self._storages("images"):
+                for item in self.api.get(f"nodes/{node}/storage/{storage}/content",
+                                         vmid=guest.vmid):
+                    remaining.append(f"{node}/{item['volid']}")
+        return remaining
+
+    def _any_node(self) -> str:
+        return str(self.api.get("nodes")[0]["node"])
+
+
+def _power(status: dict[str, Any]) -> Power:
+    if status.get("status") != "running":
+        return Power.OFF
+    if status.get("qmpstatus") in ("paused", "suspended", "prelaunch"):
+        return Power.PAUSED
+    return Power.RUNNING
+
+
+def _disk_gib(drive: str) -> int:
+    match = DISK_SIZE.search(drive)
+    if not match:
+        return 0
+    return round(float(match.group(1)) * SIZE_GIB[match.group(2)])
+
+
+def _address(cidr: str) -> str:
+    """IP set entries come back as given or with a /32 (/128) suffix."""
+    address, _, length = cidr.partition("/")
+    return address if length in ("", "32", "128") else cidr
+
+
+def _copy(node: str, item: dict[str, Any], archive: bool) -> BackupCopy:
+    return BackupCopy(
+        backup_id=f"{node}/{item['volid']}",
+        taken_at=datetime.fromtimestamp(int(item.get("ctime", 0)), UTC),
+        size=int(item.get("size", 0)),
+        protected=bool(item.get("protected")),
+        archive=archive,
+    )
+
+
+def _volume_node(backup_id: str) -> str:
+    return backup_id.split("/", 1)[0] if "/" in backup_id.split(":")[0] else ""
+
+
+def _volid(backup_id: str) -> str:
+    return backup_id.split("/", 1)[1] if _volume_node(backup_id) else backup_id
+
+
+__all__ = ["ProxmoxCompute"]

@@ -1,0 +1,1 @@
+"""A Proxmox VE API emulator for the lab: see ``app`` for the request pipeline."""

@@ -1,0 +1,227 @@
+"""The Proxmox driver against the lab's Proxmox VE emulator, under the orchestrator's plan/apply.
+
+The emulator (lab/pve) answers and refuses as the official API schema says;
+every check here reads its state through proxmoxer directly, never through
+the driver under test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.base import MachineSpec, PermanentError, Power, ServiceRef
+from drivers.proxmox import ProxmoxCompute
+from drivers.proxmox_api import TaskFailed
+from lab.pve.harness import PveLab
+from orchestrator import ipam
+from orchestrator.engine import Orchestrator
+from orchestrator.inventory import Inventory
+from orchestrator.policy import Policy
+from orchestrator.prune import Backup, KeepRules, prune
+from orchestrator.store.db import migrate, open_engine
+from tests.conftest import created, events, invoice, paid, wib
+
+HOST = "pve-lab"
+
+
+def driver_options(pve: PveLab, secret_file: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "user": pve.user,
+        "token_name": pve.token_name,
+        "token_secret": f"file:{secret_file}",
+        "verify": str(pve.verify),
+        "template": "debian-12-tmpl",
+        "poll": 0.05,
+        "lock_patience": 30.0,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def secret_file(pve: PveLab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pve-secret") / "token"
+    path.touch(mode=0o600)
+    path.write_text(pve.token_secret)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pve_inventory(pve: PveLab, secret_file: Path) -> Inventory:
+    return Inventory.model_validate(
+        {
+            "all": {
+                "vars": {"pools": {"lab-v4": {"cidr": "192.0.2.0/24", "gateway": "192.0.2.1"}}},
+                "children": {
+                    "proxmox": {
+                        "hosts": {
+                            HOST: {
+                                "driver": "proxmox",
+                                "uri": f"https://{pve.host}:{pve.port}",
+                                "pool": "lab-v4",
+                                "options": driver_options(pve, secret_file),
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    )
+
+
+@pytest.fixture
+def driver(pve: PveLab, secret_file: Path) -> ProxmoxCompute:
+    return ProxmoxCompute(f"https://{pve.host}:{pve.port}", **driver_options(pve, secret_file))
+
+
+def vm_named(pve: PveLab, name: str) -> dict[str, Any] | None:
+    found = [vm for vm in pve.client().cluster.resources.get(type="vm") if vm.get("name") == name]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def vm_state(pve: PveLab, service: str) -> str:
+    vm = vm_named(pve, f"svc-{service}")
+    if vm is None:
+        return "absent"
+    status = pve.client().nodes(vm["node"]).qemu(vm["vmid"]).status.current.get()
+    return "paused" if status.get("qmpstatus") == "paused" else str(status["status"])
+
+
+def ipset(pve: PveLab, service: str) -> list[str]:
+    vm = vm_named(pve, f"svc-{service}")
+    assert vm is not None
+    firewall = pve.client().nodes(vm["node"]).qemu(vm["vmid"]).firewall
+    if "ipfilter-net0" not in {s["name"] for s in firewall.ipset.get()}:
+        return []
+    return sorted(e["cidr"].split("/")[0] for e in firewall.ipset("ipfilter-net0").get())
+
+
+def backups_anywhere(pve: PveLab, marker: str) -> list[str]:
+    """Every backup on every storage of every node whose notes or name mention ``marker``."""
+    client, found = pve.client(), []
+    for storage in client.cluster.resources.get(type="storage"):
+        content = client.nodes(storage["node"]).storage(storage["storage"]).content.get()
+        found += [c["volid"] for c in content if marker in str(c.get("notes", ""))]
+    return found
+
+
+def test_a_vps_lives_through_its_ladder_on_proxmox(
+    pve: PveLab, pve_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    sid = f"x{uuid.uuid4().hex[:7]}"
+    engine = open_engine(f"sqlite:///{tmp_path / 'pve.db'}")
+    migrate(engine)
+    orch = Orchestrator(engine, policies, pve_inventory)
+    orch.seed_pools()
+    orch.ingest(events(created(sid, product="proxmox_vps", host=HOST),
+                       invoice(sid, "2026-12-01")), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    with orch.sessions() as session:
+        (address,) = ipam.held_by(session, sid)
+    assert vm_state(pve, sid) == "running" and ipset(pve, sid) == [address]
+    orch.apply(wib(2026, 12, 6, 0, 1))  # Klikserver: suspended (paused) after 5 days
+    assert vm_state(pve, sid) == "paused"
+    orch.ingest(events(paid(sid, "2026-12-07T10:00:00+07:00")), wib(2026, 12, 7, 10))
+    orch.apply(wib(2026, 12, 7, 10, 1))
+    assert vm_state(pve, sid) == "running"
+    orch.ingest(events(invoice(sid, "2027-01-01", "inv-2", at="2026-12-15T10:00:00+07:00")),
+                wib(2026, 12, 15, 10))
+    orch.apply(wib(2027, 1, 9, 0, 1))  # more than 7 days: address reclaimed, VM archived
+    assert vm_state(pve, sid) == "absent"
+    assert len(backups_anywhere(pve, f"svc-{sid}")) == 1
+    orch.ingest(events(paid(sid, "2027-01-10T10:00:00+07:00", "inv-2")), wib(2027, 1, 10, 10))
+    orch.apply(wib(2027, 1, 10, 10, 1))  # paid within the quarantine: restored, same address
+    assert vm_state(pve, sid) == "running" and ipset(pve, sid) == [address]
+    orch.ingest(events(invoice(sid, "2027-02-01", "inv-3", at="2027-01-15T10:00:00+07:00")),
+                wib(2027, 1, 15, 10))
+    orch.apply(wib(2027, 2, 9, 0, 1))
+    assert vm_state(pve, sid) == "absent"
+    orch.apply(wib(2027, 2, 16, 0, 1))  # purged: no VM, no backup anywhere
+    assert vm_state(pve, sid) == "absent" and backups_anywhere(pve, f"svc-{sid}") == []
+
+
+def test_a_backup_waits_for_a_held_lock_and_then_succeeds(
+    pve: PveLab, driver: ProxmoxCompute
+) -> None:
+    ref = ServiceRef(f"b{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    vm = vm_named(pve, ref.name)
+    assert vm is not None
+    slept: list[float] = []
+    driver.api._sleep = lambda seconds: (slept.append(seconds), time.sleep(seconds))[1]
+    pve.hold_lock(vm["node"], vm["vmid"], "backup", 2.0)
+    outcome = driver.backup(ref)
+    assert any(s >= 1.0 for s in slept), "the driver never waited for the lock"
+    volid = outcome.evidence["backup"].split("/", 1)[1]
+    assert volid in backups_anywhere(pve, ref.name)
+
+
+def test_a_failed_task_is_reported_with_its_log(pve: PveLab, driver: ProxmoxCompute) -> None:
+    ref = ServiceRef(f"f{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    pve.fail_next("vzdump", "job errors",
+                  ["INFO: starting new backup job", "ERROR: no space left on device"])
+    with pytest.raises(TaskFailed) as failure:
+        driver.backup(ref)
+    assert failure.value.exitstatus == "job errors"
+    assert "no space left on device" in str(failure.value)
+    assert backups_anywhere(pve, ref.name) == []
+
+
+def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
+    pve: PveLab, driver: ProxmoxCompute
+) -> None:
+    ref = ServiceRef(f"r{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    start = datetime(2026, 10, 1, 1, 0, tzinfo=UTC)
+    taken = [start + timedelta(hours=h) for h in (0, 5, 24, 30, 49, 24 * 8, 24 * 15, 24 * 40)]
+    for at in taken:
+        pve.set_clock(at)
+        driver.backup(ref)
+    before = driver.backups(ref)
+    rules = "keep-last=2,keep-daily=2,keep-weekly=2,keep-monthly=1"
+    expected = {
+        d.backup_id for d in prune(
+            [Backup(b.backup_id, b.taken_at, b.protected) for b in before],
+            KeepRules.parse(rules),
+        ) if d.mark != "remove"
+    }
+    driver.prune(ref, rules)
+    assert {b.backup_id for b in driver.backups(ref)} == expected
+    assert len(expected) < len(before)
+
+
+def test_a_token_without_power_privileges_is_refused_clearly(
+    pve: PveLab, secret_file: Path, tmp_path: Path
+) -> None:
+    restricted = tmp_path / "restricted"
+    restricted.write_text(pve.restricted_token_secret)
+    options = driver_options(pve, restricted, token_name=pve.restricted_token_name)
+    weak = ProxmoxCompute(f"https://{pve.host}:{pve.port}", **options)
+    with pytest.raises(PermanentError, match="Permission check failed"):
+        weak.create(ServiceRef(f"d{uuid.uuid4().hex[:7]}", HOST), _small())
+
+
+def test_snapshots_and_a_package_change(pve: PveLab, driver: ProxmoxCompute) -> None:
+    ref = ServiceRef(f"s{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    assert driver.snapshot(ref, "before-upgrade").changed
+    assert not driver.snapshot(ref, "before-upgrade").changed
+    assert driver.snapshots(ref) == ["before-upgrade"]
+    grown = driver.resize(ref, _small(vcpus=2, memory_mib=1024, disk_gib=4))
+    seen = grown.observed
+    assert (seen.vcpus, seen.memory_mib, seen.disk_gib) == (2, 1024, 4)
+    assert driver.delete_snapshot(ref, "before-upgrade").changed
+    assert driver.snapshots(ref) == []
+    assert driver.suspend(ref, "shutdown").observed.power == Power.OFF
+    assert driver.resume(ref).observed.power == Power.RUNNING
+
+
+def _small(vcpus: int = 1, memory_mib: int = 512, disk_gib: int = 2) -> MachineSpec:
+    return MachineSpec(vcpus, memory_mib, disk_gib)
