@@ -62,6 +62,9 @@ class Capability(StrEnum):
     # The purge returns per-device erase records for the core to sign and journal.
     ERASE_RECORDS = "purge:erase_records"
     BACKUP = "backup"
+    # Bring a service back from one chosen backup, and boot a copy in a scratch machine.
+    RESTORE_BACKUP = "backup:restore"
+    VERIFY_BACKUP = "backup:verify"
 
 
 class Power(StrEnum):
@@ -194,6 +197,18 @@ class ComputeDriver(ABC):
 
     def delete_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
         raise Unsupported(f"{type(self).__name__} cannot delete backups")
+
+    def restore_backup(self, ref: ServiceRef, spec: MachineSpec, backup_id: str) -> Outcome:
+        """Replace the service's machine and disk by one chosen backup's; the backup stays."""
+        raise Unsupported(f"{type(self).__name__} cannot restore a chosen backup")
+
+    def verify_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        """Test restore: boot the backup as a scratch machine, see it start, remove the scratch.
+
+        The service's own machine is never touched. The evidence says whether
+        it booted (``booted``), the scratch machine's name and what was checked.
+        """
+        raise Unsupported(f"{type(self).__name__} cannot verify backups by booting them")
 
 
 class PowerDriver(ABC):
