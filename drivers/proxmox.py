@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from drivers.base import (
@@ -53,6 +54,8 @@ from drivers.proxmox_api import PveApi
 from orchestrator.credentials import resolve
 
 IPSET = "ipfilter-net0"
+VMID_TAKEN = re.compile(r"VM \d+: config file already exists|VM \d+ already exists")
+VMID_ATTEMPTS = 5
 ARCHIVE_NOTE = "archive"
 DISK_SIZE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
 SIZE_GIB = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024, "": 1 / 1024**3}
@@ -230,9 +233,7 @@ class ProxmoxCompute(ComputeDriver):
 
     def _clone(self, ref: ServiceRef, spec: MachineSpec) -> Guest:
         template, node = self._placement(spec)
-        vmid = int(self.api.get("cluster/nextid"))
-        options: dict[str, Any] = {"newid": vmid, "name": ref.name,
-                                   "description": f"service {ref.service_id}"}
+        options: dict[str, Any] = {"name": ref.name, "description": f"service {ref.service_id}"}
         if self.linked_clone and node == template.node:
             options["full"] = 0
         else:
@@ -240,8 +241,29 @@ class ProxmoxCompute(ComputeDriver):
         if node != template.node:
             options["target"] = node
         source = f"nodes/{template.node}/qemu/{template.vmid}"
-        self.api.task(f"clone {ref.name}", lambda: self.api.post(f"{source}/clone", **options))
+        vmid = self._with_new_vmid(
+            f"clone {ref.name}",
+            lambda vmid: self.api.post(f"{source}/clone", newid=vmid, **options),
+        )
         return Guest(node, vmid)
+
+    def _with_new_vmid(self, action: str, start: Callable[[int], Any]) -> int:
+        """Run a task that creates a VM under a free VMID; returns the VMID it got.
+
+        ``/cluster/nextid`` only proposes an ID: two creations at once may
+        both be given it, and the second is refused ("config file already
+        exists"). It then asks again, as ``qm`` users do by hand.
+        """
+        for _ in range(VMID_ATTEMPTS):
+            vmid = int(self.api.get("cluster/nextid"))
+            try:
+                self.api.task(action, partial(start, vmid))
+            except PermanentError as exc:
+                if not VMID_TAKEN.search(str(exc)):
+                    raise
+                continue
+            return vmid
+        raise TemporaryError(f"{action}: every VMID proposed was taken meanwhile", delay=5.0)
 
     def _configure(self, guest: Guest, ref: ServiceRef, spec: MachineSpec) -> bool:
         config = self.api.get(f"{guest.path}/config")
@@ -305,10 +327,9 @@ class ProxmoxCompute(ComputeDriver):
         if not archives:
             raise PermanentError(f"{ref.name}: no archive to restore from")
         node = _volume_node(archives[0].backup_id) or self._placement(spec)[1]
-        vmid = int(self.api.get("cluster/nextid"))
-        self.api.task(
+        vmid = self._with_new_vmid(
             f"restore {ref.name}",
-            lambda: self.api.post(
+            lambda vmid: self.api.post(
                 f"nodes/{node}/qemu", vmid=vmid, archive=_volid(archives[0].backup_id),
                 storage=self.storage, unique=1,
             ),

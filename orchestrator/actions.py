@@ -8,6 +8,7 @@ drivers check the real state first, so running an action twice is safe.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -24,9 +25,10 @@ from drivers.base import (
     ServiceRef,
     TemporaryError,
 )
-from orchestrator import ipam
+from orchestrator import backups, ipam
 from orchestrator.evidence import Signer
 from orchestrator.facts import Facts
+from orchestrator.guards import covering_hold
 from orchestrator.lifecycle import quarantine_end
 from orchestrator.policy import Policy, ProductKind
 from orchestrator.reconcile import Action
@@ -158,6 +160,64 @@ def _bind(context: Context, ref: ServiceRef, addresses: tuple[str, ...]) -> bool
     return True
 
 
+def _backup(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    """Take the backup, then let retention remove what the policy no longer keeps.
+
+    The length is measured here (a monotonic clock, not the policy's time) so
+    that next week's plan gives the service the time it really needs.
+    """
+    context.driver.require(Capability.BACKUP)
+    started = time.monotonic()
+    record = _record(context.driver.backup(ref))
+    record["seconds"] = round(time.monotonic() - started, 3)
+    record["retention"] = apply_retention(context, ref, dry_run=False)
+    return record
+
+
+def apply_retention(context: Context, ref: ServiceRef, dry_run: bool) -> dict[str, Any]:
+    """The policy's keep rules over the service's copies; a hold on purging keeps them all."""
+    rules = backups.rules_of(context.facts, context.policy).keep_rules()
+    hold = covering_hold(Action.PURGE, context.facts, context.policy, context.now)
+    decisions = backups.retention(context.driver.backups(ref), rules)
+    removed = []
+    if hold is None and not dry_run:
+        for decision in decisions:
+            if not decision.kept:
+                context.driver.delete_backup(ref, decision.backup_id)
+                removed.append(decision.backup_id)
+    return {
+        "rules": rules.to_text() or "keep everything",
+        "held_by": hold,
+        "removed": removed,
+        "decisions": [asdict(d) for d in decisions],
+    }
+
+
+def _verify_backup(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    """Boot a copy in a scratch machine; one that does not boot fails the step, loudly."""
+    context.driver.require(Capability.VERIFY_BACKUP)
+    backup_id = json.loads(step.params).get("backup_id") or _newest_backup(context, ref)
+    outcome = context.driver.verify_backup(ref, backup_id)
+    record = {**_record(outcome), "backup_id": backup_id}
+    if outcome.evidence.get("booted") is not True:
+        raise PermanentError(f"backup {backup_id} of {ref.name} failed its test restore: {record}")
+    return record
+
+
+def _newest_backup(context: Context, ref: ServiceRef) -> str:
+    copies = [c for c in context.driver.backups(ref) if not c.archive]
+    if not copies:
+        raise PermanentError(f"{ref.name} has no backup to verify")
+    return max(copies, key=lambda c: c.taken_at).backup_id
+
+
+def _restore_backup(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    context.driver.require(Capability.RESTORE_BACKUP)
+    backup_id = str(json.loads(step.params)["backup_id"])
+    outcome = context.driver.restore_backup(ref, _spec(context), backup_id)
+    return {**_record(outcome), "backup_id": backup_id}
+
+
 def _notice(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
     params = json.loads(step.params)
     return {"changed": True, "detail": f"notice due: {params.get('why', '')}"}
@@ -179,4 +239,7 @@ HANDLERS: dict[Action, Handler] = {
     Action.TERMINATE: _terminate,
     Action.HAND_OVER: _hand_over,
     Action.PURGE: _purge,
+    Action.BACKUP: _backup,
+    Action.VERIFY_BACKUP: _verify_backup,
+    Action.RESTORE_BACKUP: _restore_backup,
 }

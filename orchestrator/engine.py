@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+import time as clock
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import (
+    BackupCopy,
     Capability,
     ComputeDriver,
     DriverError,
@@ -30,7 +31,8 @@ from drivers.base import (
     ServiceRef,
     load_compute,
 )
-from orchestrator import actions, audit, ipam, journal
+from orchestrator import actions, audit, backups, ipam, journal
+from orchestrator.backup_schedule import BackupJob, Limits, Plan, Slot, Week, Window, schedule_week
 from orchestrator.credentials import resolve
 from orchestrator.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
 from orchestrator.evidence import Signer
@@ -40,7 +42,14 @@ from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_w
 from orchestrator.inventory import HostVars, Inventory
 from orchestrator.lifecycle import Phase, Verdict, lifecycle
 from orchestrator.policy import Policy
-from orchestrator.reconcile import Action, Current, StepSpec, assumed, reconcile
+from orchestrator.reconcile import (
+    SCHEDULED_ACTIONS,
+    Action,
+    Current,
+    StepSpec,
+    assumed,
+    reconcile,
+)
 from orchestrator.store.models import AddressRow, EventRow, MetaRow, ServiceRow, StepRow
 
 log = logging.getLogger("orchestrator")
@@ -57,6 +66,8 @@ class Settings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # A credential reference (env:, file:, vault) to the Ed25519 key that signs erase records.
     erase_signing_key: str | None = None
+    # Backups start up to this much after their planned slot, so they do not all start at once.
+    backup_jitter: timedelta = timedelta(minutes=10)
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -91,6 +102,16 @@ class Drift:
     corrections: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class BackupWeek:
+    """A week's backup plan, the services left out with why, and how many were journaled."""
+
+    week: Week
+    plan: Plan
+    skipped: list[str]
+    journaled: int = 0
+
+
 @dataclass
 class ApplyReport:
     planned: int = 0
@@ -110,7 +131,7 @@ class Orchestrator:
         inventory: Inventory,
         settings: Settings | None = None,
         drivers: DriverFactory = _default_drivers,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = clock.sleep,
     ) -> None:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.policies, self.inventory = policies, inventory
@@ -379,11 +400,14 @@ class Orchestrator:
             limits,
             self.settings.executor,
             self._sleep,
+            self._lanes,
         )
 
     def _guard(
         self, session: Session, step: StepRow, now: datetime, yes: bool
     ) -> tuple[str, str] | None:
+        if step.kind in SCHEDULED_ACTIONS:
+            return self._guard_scheduled(session, step, now)
         if not step.destructive:
             return None
         facts = self.facts(step.service_id, session)
@@ -398,19 +422,20 @@ class Orchestrator:
         return None
 
     def _perform(self, step: StepRow, now: datetime) -> dict[str, Any]:
-        facts = self.facts(step.service_id)
-        host = self.inventory.hosts()[facts.host]
+        context = self._context(self.facts(step.service_id), now, Action(step.kind))
+        return actions.perform(context, step)
+
+    def _context(self, facts: Facts, now: datetime, action: Action) -> actions.Context:
         driver = self.driver(facts.host)
-        context = actions.Context(
+        return actions.Context(
             self.sessions,
             driver,
-            host.pool,
+            self.inventory.hosts()[facts.host].pool,
             facts,
             self.policies[facts.policy],
             now,
-            self._signer(driver) if step.kind == Action.PURGE else None,
+            self._signer(driver) if action == Action.PURGE else None,
         )
-        return actions.perform(context, step)
 
     def _settle(self, service_id: str, now: datetime) -> None:
         """Record the phase as applied once no step is open; otherwise look again later."""
@@ -424,6 +449,196 @@ class Orchestrator:
                 row.applied_phase, row.next_at = verdict.phase.value, verdict.next_at
             else:
                 row.next_at = _earliest(verdict.next_at, now + self.settings.executor.retry_later)
+
+    # -- backups -------------------------------------------------------------
+
+    def backup_plan(self, week_start: date) -> BackupWeek:
+        """The week's backups of every service that has them, placed within their windows.
+
+        A service whose host cannot take backups, or that cannot fit, is
+        reported with the reason; nothing is dropped silently.
+        """
+        measured = self._measured_backups()
+        jobs, skipped = [], []
+        with self.sessions() as session:
+            rows = session.execute(select(ServiceRow.id, ServiceRow.facts)).all()
+        for service_id, facts_json in rows:
+            facts = Facts.from_json(facts_json)
+            job, why = self._backup_job(facts, measured.get(service_id), week_start)
+            if job is not None:
+                jobs.append(job)
+            elif why:
+                skipped.append(f"{service_id}: {why}")
+        week = Week(week_start, Window(time(1), time(5), UTC), self._backup_limits())
+        seed = week_start.toordinal()
+        return BackupWeek(
+            week, schedule_week(jobs, week, self.settings.backup_jitter, seed), skipped
+        )
+
+    def _backup_job(
+        self, facts: Facts, measured: float | None, week_start: date
+    ) -> tuple[BackupJob | None, str]:
+        policy = self.policies[facts.policy]
+        if backups.frequency(facts, policy) is None:
+            return None, ""
+        refused = backups.refusal(
+            self.verdict(facts, _week_opens(week_start)), backups.rules_of(facts, policy)
+        )
+        if refused:
+            return None, refused
+        if Capability.BACKUP not in self.driver(facts.host).capabilities:
+            return None, f"the driver of host {facts.host} cannot take backups"
+        host = self.inventory.hosts()[facts.host]
+        job = backups.job_for(facts, policy, facts.host, host, backups.estimate(measured))
+        return job, ""
+
+    def _backup_limits(self) -> Limits:
+        hosts = self.inventory.hosts()
+        return Limits(
+            per_host={name: host.backup_limit for name, host in hosts.items()},
+            per_storage=dict(self.inventory.all.vars.storage_limits),
+        )
+
+    def _measured_backups(self) -> dict[str, float]:
+        """Each service's last backup's length, from the journal."""
+        found: dict[str, float] = {}
+        query = (
+            select(StepRow.service_id, StepRow.result)
+            .where(StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE)
+            .order_by(StepRow.id)
+        )
+        with self.sessions() as session:
+            for service_id, result in session.execute(query):
+                seconds = json.loads(result or "{}").get("seconds")
+                if isinstance(seconds, int | float):
+                    found[service_id] = float(seconds)
+        return found
+
+    def schedule_backups(
+        self, week_start: date, now: datetime, actor: str = "scheduler"
+    ) -> BackupWeek:
+        """Journal the week's backups at their slots; what cannot fit is reported now."""
+        planned = self.backup_plan(week_start)
+        with self.sessions.begin() as session:
+            journaled = [
+                row
+                for slot in planned.plan.slots
+                if (
+                    row := journal.schedule(
+                        session, _backup_step(slot, week_start), slot.job.host, now, slot.start
+                    )
+                )
+                is not None
+            ]
+            detail = {
+                "week": week_start.isoformat(),
+                "journaled": len(journaled),
+                "unfit": [f"{u.job.service_id}: {u.reason}" for u in planned.plan.unfit],
+                "skipped": planned.skipped,
+            }
+            audit.append(session, now, actor, "backups.scheduled", "*", detail)
+        for unfit in planned.plan.unfit:
+            log.warning("backup of %s cannot fit: %s", unfit.job.service_id, unfit.reason)
+        return replace(planned, journaled=len(journaled))
+
+    def backups_of(self, service_id: str) -> list[BackupCopy]:
+        facts = self.facts(service_id)
+        return self.driver(facts.host).backups(ServiceRef(service_id, facts.host))
+
+    def prune_backups(
+        self, service_id: str, now: datetime, dry_run: bool, actor: str = "operator"
+    ) -> dict[str, Any]:
+        """The policy's retention over a service's backups now; a dry run only says why."""
+        facts = self.facts(service_id)
+        context = self._context(facts, now, Action.BACKUP)
+        outcome = actions.apply_retention(context, ServiceRef(service_id, facts.host), dry_run)
+        if not dry_run:
+            with self.sessions.begin() as session:
+                audit.append(session, now, actor, "backups.pruned", service_id, outcome)
+        return outcome
+
+    def restore_backup(
+        self, service_id: str, backup_id: str, now: datetime, actor: str = "operator"
+    ) -> StepReport:
+        """An operator's restore of one chosen backup, journaled and run now."""
+        return self._run_scheduled(
+            service_id,
+            Action.RESTORE_BACKUP,
+            now,
+            actor,
+            {"backup_id": backup_id},
+            f"{actor} restores {backup_id}",
+        )
+
+    def verify_backup(
+        self,
+        service_id: str,
+        now: datetime,
+        backup_id: str | None = None,
+        actor: str = "operator",
+    ) -> StepReport:
+        """A test restore of the service's newest (or a chosen) backup, run now."""
+        params = {"backup_id": backup_id} if backup_id else {}
+        return self._run_scheduled(
+            service_id, Action.VERIFY_BACKUP, now, actor, params, f"test restore by {actor}"
+        )
+
+    def backed_up(self) -> list[str]:
+        """Services with a finished backup in the journal, for sampling test restores."""
+        query = select(StepRow.service_id).where(
+            StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE
+        )
+        with self.sessions() as session:
+            return sorted(set(session.scalars(query)))
+
+    def _run_scheduled(
+        self,
+        service_id: str,
+        action: Action,
+        now: datetime,
+        actor: str,
+        params: dict[str, Any],
+        why: str,
+    ) -> StepReport:
+        facts = self.facts(service_id)
+        key = f"{service_id}:{action.value}:{now.isoformat()}:{params.get('backup_id', '')}"
+        spec = StepSpec(service_id, action, key, True, params, why)
+        with self.sessions.begin() as session:
+            row = journal.schedule(session, spec, facts.host, now, None)
+            if row is None:
+                raise KeyError(f"{key} is already journaled")
+            session.flush()
+            audit.append(session, now, actor, f"{action.value}.requested", service_id, params)
+        (report,) = self._executor(now, yes=False).run([row], now)
+        return report
+
+    def _guard_scheduled(
+        self, session: Session, step: StepRow, now: datetime
+    ) -> tuple[str, str] | None:
+        """A backup or restore checks the service's phase and holds when it is about to run."""
+        facts = self.facts(step.service_id, session)
+        policy = self.policies[facts.policy]
+        refused = backups.refusal(self.verdict(facts, now), backups.rules_of(facts, policy))
+        if refused:
+            return journal.CANCELLED, refused
+        if step.kind == Action.RESTORE_BACKUP and (
+            hold := covering_hold(Action.PURGE, facts, policy, now)
+        ):
+            return journal.HELD, f"held by {hold}: a restore would overwrite what it keeps"
+        if step.kind == Action.BACKUP:
+            return _missed_window(session, step, now)
+        return None
+
+    def _lanes(self, step: StepRow) -> dict[str, int]:
+        """Backups run under their host's and storage's own limits, besides max_concurrent."""
+        if step.kind not in (Action.BACKUP, Action.VERIFY_BACKUP):
+            return {}
+        host = self.inventory.hosts()[step.host]
+        storage = host.backup_storage or step.host
+        lanes = {f"backups@{step.host}": host.backup_limit}
+        if (limit := self.inventory.all.vars.storage_limits.get(storage)) is not None:
+            lanes[f"storage@{storage}"] = limit
+        return lanes
 
     def _signer(self, driver: ComputeDriver) -> Signer | None:
         if Capability.ERASE_RECORDS not in driver.capabilities:
@@ -457,6 +672,50 @@ def _addresses_by_service(session: Session) -> dict[str, tuple[str, ...]]:
     for service_id, address in session.execute(query):
         found[str(service_id)].append(address)
     return {k: tuple(sorted(v)) for k, v in found.items()}
+
+
+def _backup_step(slot: Slot, week_start: date) -> StepSpec:
+    window = slot.job.window
+    params = {
+        "slot": slot.start.isoformat(),
+        "window_closes": slot.end.isoformat()
+        if window is None
+        else window.on(slot.day)[1].isoformat(),
+        "frequency": slot.job.frequency,
+    }
+    why = f"{slot.job.frequency} backup, window {window}" if window else "backup"
+    return StepSpec(
+        slot.job.service_id, Action.BACKUP, backups.slot_key(slot, week_start), True, params, why
+    )
+
+
+def _missed_window(session: Session, step: StepRow, now: datetime) -> tuple[str, str] | None:
+    """A backup whose window closed before it could run waits for the next night's.
+
+    The daemon may have been down, or the host busy; running it now, in the
+    day, would load the host when the window exists to spare it.
+    """
+    params = json.loads(step.params)
+    closes = datetime.fromisoformat(params["window_closes"])
+    if now < closes:
+        return None
+    days = (now - closes).days + 1
+    slot = datetime.fromisoformat(params["slot"]) + timedelta(days=days)
+    moved = {
+        **params,
+        "slot": slot.isoformat(),
+        "window_closes": (closes + timedelta(days=days)).isoformat(),
+    }
+    session.execute(
+        update(StepRow)
+        .where(StepRow.id == step.id)
+        .values(not_before=slot, params=json.dumps(moved))
+    )
+    return journal.RETRY, f"its window closed at {closes.isoformat()}; moved to {slot.isoformat()}"
+
+
+def _week_opens(week_start: date) -> datetime:
+    return datetime.combine(week_start, time(0), UTC)
 
 
 def _automatic(step: StepRow) -> bool:

@@ -35,6 +35,7 @@ class Spec(Strict):
     vcpus: int = Field(1, ge=1, le=512)
     memory_mib: int = Field(512, ge=64)
     disk_gib: int = Field(1, ge=1)
+    daily_backups: bool = Field(False, description="the daily backup add-on, where sold")
 
 
 class NewService(Strict):

@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import DriverError, TemporaryError
 from orchestrator import audit, journal, notify
+from orchestrator.reconcile import SCHEDULED_ACTIONS
 from orchestrator.store.models import StepRow
 
 log = logging.getLogger("orchestrator.executor")
@@ -58,11 +60,15 @@ class Executor:
         limits: dict[str, int],
         settings: ExecutorSettings,
         sleep: Callable[[float], None],
+        lanes: Callable[[StepRow], dict[str, int]] | None = None,
     ) -> None:
         self._sessions, self._perform, self._guard = sessions, perform, guard
         self._settings, self._sleep = settings, sleep
         self._limits = {host: threading.BoundedSemaphore(n) for host, n in limits.items()}
         self._default = threading.BoundedSemaphore(2)
+        self._lanes_of = lanes or (lambda step: {})
+        self._lanes: dict[str, threading.BoundedSemaphore] = {}
+        self._lanes_lock = threading.Lock()
 
     def run(self, steps: list[StepRow], now: datetime) -> list[StepReport]:
         by_service: dict[str, list[StepRow]] = defaultdict(list)
@@ -77,8 +83,8 @@ class Executor:
         for step in steps:
             report = self._run_step(step, now)
             reports.append(report)
-            if report.state != journal.DONE:
-                break
+            if report.state != journal.DONE and step.kind not in SCHEDULED_ACTIONS:
+                break  # a missed backup does not hold up the service's own plan
         return reports
 
     def _run_step(self, step: StepRow, now: datetime) -> StepReport:
@@ -91,8 +97,19 @@ class Executor:
                 return self._report(step, *stopped)
             if not journal.claim(session, step.id, step.state, now):
                 return self._report(step, "skipped", "claimed by another executor")
-        with self._limits.get(step.host, self._default):
+        with self._limits.get(step.host, self._default), ExitStack() as lanes:
+            for lane in self._lane_semaphores(step):
+                lanes.enter_context(lane)
             return self._attempt(step, now)
+
+    def _lane_semaphores(self, step: StepRow) -> list[threading.BoundedSemaphore]:
+        """Extra limits a step runs under (a host's backups, a storage's), in a fixed order
+        so that two steps never wait for each other's lanes."""
+        wanted = sorted(self._lanes_of(step).items())
+        with self._lanes_lock:
+            for name, limit in wanted:
+                self._lanes.setdefault(name, threading.BoundedSemaphore(limit))
+            return [self._lanes[name] for name, _ in wanted]
 
     def _attempt(self, step: StepRow, now: datetime) -> StepReport:
         for attempt in range(1, self._settings.attempts + 1):

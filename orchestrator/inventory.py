@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -147,6 +147,13 @@ class HostVars(Strict):
         [], description="product kinds this host serves until their own drivers exist"
     )
     options: dict[str, Any] = Field({}, description="passed to the driver as it is")
+    backup_limit: int = Field(2, ge=1, le=64, description="backups the host runs at once")
+    backup_storage: str | None = Field(
+        None, description="where its backups land, for the storage's limit (default: the host)"
+    )
+    backup_minutes: int = Field(
+        30, ge=1, description="how long a backup takes until one has been measured"
+    )
 
 
 class Group(Strict):
@@ -157,6 +164,9 @@ class Group(Strict):
 
 class AllVars(Strict):
     pools: dict[str, Pool] = Field(min_length=1)
+    storage_limits: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        {}, description="backups a storage takes at once, by the hosts' backup_storage"
+    )
 
     @model_validator(mode="after")
     def _pools_apart(self) -> AllVars:

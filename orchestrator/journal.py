@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from orchestrator.reconcile import StepSpec
+from orchestrator.reconcile import SCHEDULED_ACTIONS, StepSpec
 from orchestrator.redact import redact, redact_text
 from orchestrator.store.models import StepRow
 
@@ -96,8 +96,29 @@ def _row(spec: StepSpec, key: str, host: str, now: datetime) -> StepRow:
     )
 
 
+def schedule(
+    session: Session, spec: StepSpec, host: str, now: datetime, not_before: datetime | None
+) -> StepRow | None:
+    """Journal a step that reconcile does not plan (a backup at its slot, an operator's
+    restore); a key already journaled is not added again, so planning twice is safe."""
+    if spec.action not in SCHEDULED_ACTIONS:
+        raise ValueError(f"{spec.action} steps come from reconcile, not a schedule")
+    if session.scalar(select(StepRow.id).where(StepRow.key == spec.key)) is not None:
+        return None
+    row = _row(spec, spec.key, host, now)
+    row.not_before = not_before
+    session.add(row)
+    return row
+
+
 def _supersede(session: Session, runs: dict[str, list[StepRow]], wanted: set[str]) -> None:
-    stale = [row.id for key, rows in runs.items() if key not in wanted for row in rows]
+    stale = [
+        row.id
+        for key, rows in runs.items()
+        if key not in wanted
+        for row in rows
+        if row.kind not in SCHEDULED_ACTIONS
+    ]
     if stale:  # the state is checked again in the UPDATE: an executor may have claimed one
         session.execute(
             update(StepRow)
@@ -177,10 +198,15 @@ def purged(session: Session, service_id: str) -> bool:
 
 
 def open_steps(session: Session, service_id: str) -> int:
+    """Open steps of the phase's plan; scheduled ones (a backup tonight) do not count."""
     query = (
         select(func.count())
         .select_from(StepRow)
-        .where(StepRow.service_id == service_id, StepRow.state.in_(OPEN_STATES))
+        .where(
+            StepRow.service_id == service_id,
+            StepRow.state.in_(OPEN_STATES),
+            StepRow.kind.not_in([a.value for a in SCHEDULED_ACTIONS]),
+        )
     )
     return int(session.scalar(query) or 0)
 

@@ -35,6 +35,8 @@ KINDS = {
     "restore": "service.restored",
     "purge": "service.purged",
     "hand_over": "hardware.handed_over",
+    # Restores are billable in some terms (cybernet: Rp 100,000/GB past one a month).
+    "restore_backup": "service.restored_from_backup",
 }
 Post = Callable[[bytes, dict[str, str]], int]
 

@@ -11,6 +11,8 @@ every error with its file, field and line (see ``orchestrator.yamlerrors``).
 
 from __future__ import annotations
 
+import re
+from datetime import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +30,7 @@ from pydantic import (
 )
 
 from orchestrator.days import Offset, WorkCalendar
+from orchestrator.prune import KeepRules
 from orchestrator.yamlerrors import PolicyError, load_yaml_model
 
 
@@ -130,13 +133,64 @@ class Ladder(Strict):
     clause: str | None = None
 
 
+WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
 class Backups(Strict):
+    """How often a product is backed up, when, and which copies are kept.
+
+    The window is read on the policy's clock; an end before its start
+    crosses midnight. ``retention`` takes Proxmox's prune options
+    (``keep-last=1,keep-weekly=4``); without it ``keep`` copies are kept,
+    newest first, so the terms' "each backup replaces the last" is ``keep: 1``.
+    """
+
     frequency: Literal["weekly", "daily", "none"]
     keep: int = Field(ge=0, description="copies kept; 1 means each backup replaces the last")
     while_suspended: bool = Field(
-        True, description="whether backups run while suspended for nonpayment"
+        True,
+        description="whether backups and restores run while suspended for nonpayment",
+    )
+    window: str = Field(
+        "01:00-05:00", description="HH:MM-HH:MM on the policy's clock; may cross midnight"
+    )
+    retention: str | None = Field(
+        None, description="Proxmox prune options, e.g. keep-last=1,keep-weekly=4"
+    )
+    daily_addon: bool = Field(
+        False, description="a service with the daily_backups add-on is backed up nightly"
     )
     clause: str = Field(min_length=3)
+
+    @field_validator("window")
+    @classmethod
+    def _valid_window(cls, window: str) -> str:
+        if not WINDOW.match(window):
+            raise ValueError(f"a backup window is written HH:MM-HH:MM, not {window!r}")
+        return window
+
+    @field_validator("retention")
+    @classmethod
+    def _valid_retention(cls, retention: str | None) -> str | None:
+        if retention is not None:
+            KeepRules.parse(retention)  # its ValueError names the bad part
+        return retention
+
+    @model_validator(mode="after")
+    def _keeps_what_it_takes(self) -> Backups:
+        if self.frequency != "none" and self.keep < 1 and self.retention is None:
+            raise ValueError("backups are taken but none kept: give keep >= 1 or retention")
+        return self
+
+    def keep_rules(self) -> KeepRules:
+        """The retention as Proxmox's prune rules."""
+        if self.retention is not None:
+            return KeepRules.parse(self.retention)
+        return KeepRules(last=self.keep)
+
+    def window_times(self) -> tuple[time, time]:
+        start, end = self.window.split("-")
+        return time.fromisoformat(start), time.fromisoformat(end)
 
 
 class Undo(Strict):

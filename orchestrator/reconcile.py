@@ -32,7 +32,15 @@ class Action(StrEnum):
     TERMINATE = "terminate"
     HAND_OVER = "hand_over"
     PURGE = "purge"
+    # Journaled by the backup schedule or an operator, never by reconcile.
+    BACKUP = "backup"
+    VERIFY_BACKUP = "verify_backup"
+    RESTORE_BACKUP = "restore_backup"
 
+
+# Steps reconcile does not ask for: a newer plan never supersedes them, and a
+# backup waiting for its night does not keep the service's phase from settling.
+SCHEDULED_ACTIONS = frozenset({Action.BACKUP, Action.VERIFY_BACKUP, Action.RESTORE_BACKUP})
 
 DESTRUCTIVE_ACTIONS = frozenset(
     {Action.SUSPEND, Action.RECLAIM_IPS, Action.TERMINATE, Action.HAND_OVER, Action.PURGE}
