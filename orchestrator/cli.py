@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from drivers.base import DriverError
 from orchestrator import audit, evidence, ipam, journal, notify
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import Event, EventError, parse_events
@@ -577,13 +578,18 @@ def erase_verify(
     if not records:
         raise _fail(f"step {step_id} holds no erase records")
     checked = [
-        {**{k: signed["record"].get(k) for k in ("device", "serial", "method", "result")},
-         "signer": signed.get("signer"), "signature": evidence.verify(signed, key)}
+        {
+            **{k: signed["record"].get(k) for k in ("device", "serial", "method", "result")},
+            "signer": signed.get("signer"),
+            "signature": evidence.verify(signed, key),
+        }
         for signed in records
     ]
-    _emit(checked, as_json, lambda data: _table(
-        data, ("device", "serial", "method", "result", "signer", "signature")
-    ))
+    _emit(
+        checked,
+        as_json,
+        lambda data: _table(data, ("device", "serial", "method", "result", "signer", "signature")),
+    )
     if not all(item["signature"] for item in checked):
         raise typer.Exit(1)
 
@@ -843,6 +849,165 @@ def _ips_json(view: ipam.AddressView, history: bool = True) -> dict[str, Any]:
 
 def _local(moment: datetime | None) -> str | None:
     return moment.astimezone(operator_zone()).isoformat() if moment is not None else None
+
+
+# -- backups -----------------------------------------------------------------
+
+backups_app = typer.Typer(no_args_is_help=True, help="Backups: the week's plan, copies, restores.")
+app.add_typer(backups_app, name="backups")
+WeekOption = Annotated[
+    str | None, typer.Option("--week", help="the Monday the week starts (default: next Monday)")
+]
+
+
+def _week_start(text: str | None, now: datetime) -> date:
+    """The Monday named, or the one after ``now`` on the operator's clock."""
+    if text is None:
+        today = now.astimezone(operator_zone()).date()
+        return date.fromordinal(today.toordinal() + 7 - today.weekday())
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"--week {text!r} is not a date (2026-12-07)") from None
+    if day.weekday() != 0:
+        raise _fail(f"--week {text} is a {day:%A}; a backup week starts on a Monday")
+    return day
+
+
+@backups_app.command("plan")
+def backups_plan(
+    ctx: typer.Context,
+    week: WeekOption = None,
+    schedule: Annotated[bool, typer.Option(help="journal the backups at their slots")] = False,
+    at: AtOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The week's backups per host inside their windows; exits 1 if any cannot fit.
+
+    Without ``--schedule`` nothing changes: this is what the daemon will journal.
+    """
+    orchestrator, now = _orchestrator(ctx), parse_at(at)
+    start = _week_start(week, now)
+    planned = (
+        orchestrator.schedule_backups(start, now, actor="operator")
+        if schedule
+        else orchestrator.backup_plan(start)
+    )
+    data = {
+        "week": start.isoformat(),
+        "journaled": planned.journaled,
+        "slots": [
+            {
+                "service_id": s.job.service_id,
+                "host": s.job.host,
+                "storage": s.job.storage,
+                "start": _local(s.start),
+                "end": _local(s.end),
+            }
+            for s in planned.plan.slots
+        ],
+        "unfit": [
+            {"service_id": u.job.service_id, "host": u.job.host, "reason": u.reason}
+            for u in planned.plan.unfit
+        ],
+        "skipped": planned.skipped,
+    }
+    _emit(data, as_json, _backups_plan_render)
+    if planned.plan.unfit:
+        raise typer.Exit(1)
+
+
+def _backups_plan_render(data: dict[str, Any]) -> None:
+    _table(data["slots"], ("service_id", "host", "storage", "start", "end"))
+    for unfit in data["unfit"]:
+        err.print(
+            f"cannot fit: {unfit['service_id']} on {unfit['host']}: {unfit['reason']}",
+            highlight=False,
+            markup=False,
+        )
+    for skipped in data["skipped"]:
+        out.print(f"no backup: {skipped}", highlight=False, markup=False)
+    if data["journaled"]:
+        out.print(f"{data['journaled']} backups journaled for the week of {data['week']}")
+
+
+@backups_app.command("list")
+def backups_list(ctx: typer.Context, service: str, as_json: JsonFlag = False) -> None:
+    """Every copy of a service's data the hypervisor holds, newest first, the archive too."""
+    orchestrator = _orchestrator(ctx)
+    try:
+        copies = orchestrator.backups_of(service)
+    except KeyError:
+        raise _fail(f"unknown service {service!r}") from None
+    except DriverError as exc:
+        raise _fail(str(exc)) from None
+    rows = [{**asdict(c), "taken_at": _local(c.taken_at)} for c in copies]
+    _emit(
+        rows,
+        as_json,
+        lambda data: _table(data, ("backup_id", "taken_at", "size", "protected", "archive")),
+    )
+
+
+@backups_app.command("prune")
+def backups_prune(
+    ctx: typer.Context,
+    service: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, and why")] = False,
+    at: AtOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Apply the policy's retention now; a hold on purging keeps every copy."""
+    orchestrator = _orchestrator(ctx)
+    try:
+        outcome = orchestrator.prune_backups(service, parse_at(at), dry_run)
+    except KeyError:
+        raise _fail(f"unknown service {service!r}") from None
+    except DriverError as exc:
+        raise _fail(str(exc)) from None
+    _emit(outcome, as_json, _backups_prune_render)
+
+
+def _backups_prune_render(data: dict[str, Any]) -> None:
+    out.print(f"retention: {data['rules']}", highlight=False)
+    if data["held_by"]:
+        out.print(f"nothing removed: held by {data['held_by']}", highlight=False)
+    _table(data["decisions"], ("backup_id", "mark", "reason"))
+
+
+@backups_app.command("restore")
+def backups_restore(ctx: typer.Context, service: str, backup_id: str, at: AtOption = None) -> None:
+    """Replace the service's machine and disk by one chosen backup's (journaled, run now)."""
+    _backup_step_command(ctx, lambda o, now: o.restore_backup(service, backup_id, now), at)
+
+
+@backups_app.command("verify")
+def backups_verify(
+    ctx: typer.Context,
+    service: str,
+    backup_id: Annotated[str | None, typer.Option(help="this backup, not the newest")] = None,
+    at: AtOption = None,
+) -> None:
+    """Test restore: boot a backup in a scratch machine and see it start; exits 1 if not."""
+    _backup_step_command(ctx, lambda o, now: o.verify_backup(service, now, backup_id), at)
+
+
+def _backup_step_command(
+    ctx: typer.Context, start: Callable[[Orchestrator, datetime], Any], at: str | None
+) -> None:
+    orchestrator = _orchestrator(ctx)
+    try:
+        report = start(orchestrator, parse_at(at))
+    except KeyError as exc:
+        raise _fail(f"unknown service or step: {exc}") from None
+    out.print(
+        f"step {report.step_id} {report.kind}: {report.state} {report.detail}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if report.state != journal.DONE:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -24,9 +24,10 @@ import signal
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
 
@@ -50,6 +51,9 @@ class DaemonConfig:
     sync_seconds: float = 300.0
     takeover_seconds: float = 5.0
     billing_url: str | None = None
+    backup_plan_seconds: float = 6 * 3600.0
+    verify_seconds: float = 24 * 3600.0
+    verify_sample: int = 1
 
 
 class Leadership(Protocol):
@@ -174,6 +178,49 @@ def notify_billing(config: dict[str, Any]) -> None:
         log.info("notified", extra={"fields": asdict(result)})
 
 
+def plan_backups(config: dict[str, Any]) -> None:
+    """Journal this week's and next week's backups (idempotent: a planned backup stays).
+
+    Planning a week ahead means a backup that cannot fit is reported days
+    before its window, not discovered after it.
+    """
+    now = datetime.now(UTC)
+    today = now.astimezone(ZoneInfo(os.environ.get("ORCHESTRATOR_TZ", "Asia/Jakarta"))).date()
+    monday = today - timedelta(days=today.weekday())
+    for week in (monday, monday + timedelta(days=7)):
+        planned = _orchestrator(config).schedule_backups(week, now)
+        fields = {
+            "week": week.isoformat(),
+            "journaled": planned.journaled,
+            "unfit": len(planned.plan.unfit),
+            "skipped": len(planned.skipped),
+        }
+        log.log(
+            logging.WARNING if planned.plan.unfit else logging.INFO,
+            "backups planned",
+            extra={"fields": fields},
+        )
+
+
+def verify_backups(config: dict[str, Any]) -> None:
+    """Test restores of a random sample of backed-up services; a failure is logged and
+    reaches billing's operators as a failed step."""
+    orchestrator = _orchestrator(config)
+    for report in orchestrator.verify_sample(datetime.now(UTC), int(config["verify_sample"])):
+        level = logging.INFO if report.state == "done" else logging.ERROR
+        log.log(
+            level,
+            "backup verified",
+            extra={
+                "fields": {
+                    "service": report.service_id,
+                    "state": report.state,
+                    "detail": report.detail,
+                }
+            },
+        )
+
+
 def run(config: DaemonConfig, stop: threading.Event) -> int:
     leadership = leadership_for(config.db)
     migrate(open_engine(config.db))
@@ -209,6 +256,8 @@ def _scheduler(config: DaemonConfig) -> Any:
     jobs = [
         (tick, "reconcile-tick", config.tick_seconds),
         (sync, "state-sync", config.sync_seconds),
+        (plan_backups, "plan-backups", config.backup_plan_seconds),
+        (verify_backups, "verify-backups", config.verify_seconds),
     ]
     if config.billing_url:
         jobs.append((notify_billing, "notify-billing", config.tick_seconds))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time as clock
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -583,13 +584,21 @@ class Orchestrator:
             service_id, Action.VERIFY_BACKUP, now, actor, params, f"test restore by {actor}"
         )
 
-    def backed_up(self) -> list[str]:
-        """Services with a finished backup in the journal, for sampling test restores."""
-        query = select(StepRow.service_id).where(
+    def verify_sample(self, now: datetime, count: int, seed: int | None = None) -> list[StepReport]:
+        """Test restores of ``count`` services drawn from those with a finished backup on a
+        host that can boot one; a random draw, so that over weeks every host is tried."""
+        query = select(StepRow.service_id, StepRow.host).where(
             StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE
         )
         with self.sessions() as session:
-            return sorted(set(session.scalars(query)))
+            found = sorted(set(session.execute(query).tuples()))
+        bootable = [
+            service_id
+            for service_id, host in found
+            if Capability.VERIFY_BACKUP in self.driver(host).capabilities
+        ]
+        chosen = random.Random(seed).sample(bootable, min(count, len(bootable)))
+        return [self.verify_backup(service_id, now, actor="scheduler") for service_id in chosen]
 
     def _run_scheduled(
         self,

@@ -72,8 +72,8 @@ class Executor:
 
     def run(self, steps: list[StepRow], now: datetime) -> list[StepReport]:
         by_service: dict[str, list[StepRow]] = defaultdict(list)
-        for step in steps:
-            by_service[step.service_id].append(step)
+        for step in sorted(steps, key=lambda s: (s.kind in SCHEDULED_ACTIONS, s.id)):
+            by_service[step.service_id].append(step)  # the phase's own steps before a backup
         with ThreadPoolExecutor(max_workers=self._settings.workers) as pool:
             futures = [pool.submit(self._run_service, batch, now) for batch in by_service.values()]
             return [report for future in futures for report in future.result()]
