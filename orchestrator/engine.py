@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -25,10 +26,13 @@ from drivers.base import (
     Capability,
     ComputeDriver,
     DriverError,
+    NetworkDriver,
     Observed,
     Power,
     ServiceRef,
+    Uplink,
     load_compute,
+    load_network,
 )
 from orchestrator import actions, audit, ipam, journal
 from orchestrator.credentials import resolve
@@ -37,7 +41,7 @@ from orchestrator.evidence import Signer
 from orchestrator.executor import Executor, ExecutorSettings, StepReport
 from orchestrator.facts import Facts, derive_facts
 from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_warranted
-from orchestrator.inventory import HostVars, Inventory
+from orchestrator.inventory import HostVars, Inventory, Router
 from orchestrator.lifecycle import Phase, Verdict, lifecycle
 from orchestrator.policy import Policy
 from orchestrator.reconcile import Action, Current, StepSpec, assumed, reconcile
@@ -46,6 +50,8 @@ from orchestrator.store.models import AddressRow, EventRow, MetaRow, ServiceRow,
 log = logging.getLogger("orchestrator")
 NEW = "new"
 DriverFactory = Callable[[str, HostVars], ComputeDriver]
+# The network driver of one router of the inventory, by its name and variables.
+NetworkFactory = Callable[[str, Router], NetworkDriver]
 
 
 ERASE_SIGNING_KEY = "ORCHESTRATOR_ERASE_SIGNING_KEY"
@@ -98,8 +104,8 @@ class ApplyReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def _default_drivers(name: str, host: HostVars) -> ComputeDriver:
-    return load_compute(host.driver, uri=host.uri, **host.options)
+def _default_networks(name: str, router: Router) -> NetworkDriver:
+    return load_network(router.driver, **{"name": name, **router.options})
 
 
 class Orchestrator:
@@ -109,15 +115,19 @@ class Orchestrator:
         policies: dict[str, Policy],
         inventory: Inventory,
         settings: Settings | None = None,
-        drivers: DriverFactory = _default_drivers,
+        drivers: DriverFactory | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        networks: NetworkFactory = _default_networks,
     ) -> None:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.policies, self.inventory = policies, inventory
         self.settings = settings or Settings()
         self.breaker = Breaker(self.settings.breaker)
-        self._driver_factory, self._sleep = drivers, sleep
+        self._driver_factory = drivers or self._default_driver
+        self._network_factory, self._sleep = networks, sleep
         self._drivers: dict[str, ComputeDriver] = {}
+        self._networks: dict[str, NetworkDriver] = {}
+        self._networks_lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------
 
@@ -409,6 +419,7 @@ class Orchestrator:
             self.policies[facts.policy],
             now,
             self._signer(driver) if step.kind == Action.PURGE else None,
+            self.uplink(facts.host),
         )
         return actions.perform(context, step)
 
@@ -436,6 +447,24 @@ class Orchestrator:
         if host not in self._drivers:
             self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
         return self._drivers[host]
+
+    def _default_driver(self, name: str, host: HostVars) -> ComputeDriver:
+        return load_compute(host.driver, self.uplink(name), uri=host.uri, **host.options)
+
+    def uplink(self, host: str) -> Uplink | None:
+        """The router port a host hangs off, with that router's driver; None if it names none."""
+        found = self.inventory.hosts()[host].uplink
+        if found is None:
+            return None
+        return Uplink(self.network(found.router), found.router, found.port)
+
+    def network(self, router: str) -> NetworkDriver:
+        """One driver per router, made when first needed and kept (it serialises its changes)."""
+        with self._networks_lock:  # executor threads: two drivers would not share one lock
+            if router not in self._networks:
+                vars_ = self.inventory.routers[router]
+                self._networks[router] = self._network_factory(router, vars_)
+            return self._networks[router]
 
 
 def _event_row(event: Event, now: datetime) -> EventRow:
