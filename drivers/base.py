@@ -327,6 +327,6 @@ def load_compute(name: str, uplink: Uplink | None = None, **options: Any) -> Com
     return driver
 
 
-def load_network(name: str, **options: Any) -> NetworkDriver:
-    driver: NetworkDriver = _driver_class(NETWORK_DRIVERS, name, "network")(**options)
+def load_network(driver_name: str, **options: Any) -> NetworkDriver:
+    driver: NetworkDriver = _driver_class(NETWORK_DRIVERS, driver_name, "network")(**options)
     return driver
