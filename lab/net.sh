@@ -152,7 +152,7 @@ EOF
 up() {
   local count=${1:-3}
   trap 'echo "lab: net.sh up failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-  install_missing openssh-server openssh-client iproute2 nftables
+  install_missing openssh-server openssh-client iproute2 nftables iputils-ping
   make_secrets
   make_router
   for n in $(seq 1 "$count"); do make_customer "$n"; done

@@ -97,6 +97,22 @@ class Drift:
     corrections: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """A colocated box whose hand-over deadline has come: for an operator, never wiped."""
+
+    service_id: str
+    customer: str
+    policy: str
+    host: str
+    uplink: str | None
+    deadline: datetime
+    phase: str
+    step: str
+    blocked_by: str | None
+    clause: str
+
+
 @dataclass
 class ApplyReport:
     planned: int = 0
@@ -370,6 +386,50 @@ class Orchestrator:
         kinds = tuple(spec.action.value for spec in specs)
         return Drift(service_id, facts.host, verdict.phase.value, observed.power.value, kinds)
 
+    def hand_overs(self, now: datetime) -> list[HandOver]:
+        """Colocation services whose hand_over deadline has passed, earliest deadline first.
+
+        Whether the step is still to be journaled, awaiting an operator's
+        ``apply --yes`` or done, and whether a hold keeps it back: the
+        hardware is the customer's, so this is a list for people, not a wipe.
+        """
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ServiceRow.id, ServiceRow.facts).where(ServiceRow.product == "colocation")
+            ).all()
+            found = [self._hand_over(session, Facts.from_json(raw), now) for _, raw in rows]
+        return sorted((h for h in found if h is not None), key=lambda h: h.deadline)
+
+    def _hand_over(self, session: Session, facts: Facts, now: datetime) -> HandOver | None:
+        verdict = self.verdict(facts, now)
+        deadlines = [
+            (e.planned_at, e)
+            for e in verdict.timeline
+            if e.step.value == "hand_over" and e.planned_at is not None and e.planned_at <= now
+        ]
+        if not deadlines:
+            return None
+        deadline, entry = deadlines[-1]
+        step = session.scalar(
+            select(StepRow.state)
+            .where(StepRow.service_id == facts.service_id, StepRow.kind == Action.HAND_OVER)
+            .order_by(StepRow.id.desc())
+            .limit(1)
+        )
+        uplink = self.inventory.hosts()[facts.host].uplink
+        return HandOver(
+            facts.service_id,
+            facts.customer,
+            facts.policy,
+            facts.host,
+            f"{uplink.router} {uplink.port}" if uplink else None,
+            deadline,
+            verdict.phase.value,
+            step or "not journaled",
+            entry.blocked_by,
+            entry.clause,
+        )
+
     def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
         """The runnable steps; destructive ones only if the breaker lets this many through."""
         with self.sessions.begin() as session:
@@ -496,4 +556,4 @@ def _earliest(a: datetime | None, b: datetime) -> datetime:
     return min(a, b) if a is not None else b
 
 
-__all__ = ["ApplyReport", "IngestReport", "Orchestrator", "ServicePlan", "Settings"]
+__all__ = ["ApplyReport", "HandOver", "IngestReport", "Orchestrator", "ServicePlan", "Settings"]
