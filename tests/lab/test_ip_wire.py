@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from drivers.ansible import AnsibleRunner
 from drivers.base import PermanentError, ServiceRef, Uplink
@@ -38,6 +38,7 @@ from orchestrator.store.db import migrate, open_engine
 from orchestrator.store.models import StepRow
 from tests.conftest import REPO, created, events, invoice, paid, wib
 from tests.lab.conftest import LAB_DIR
+from tests.lab.test_dedicated_lab import _key_lines
 
 ROUTER = "olab-rtr"
 SHARED = "203.0.113.10"  # rack-a's only address
@@ -104,13 +105,23 @@ def net() -> Iterator[Inventory]:
     reset_router()
 
 
+@pytest.fixture(scope="module")
+def stores() -> list[Orchestrator]:
+    """Every orchestrator of the module, for the secrets search at its end."""
+    return []
+
+
 def orchestrator_on(
-    net: Inventory, policies: dict[str, Policy], tmp_path_factory: pytest.TempPathFactory
+    net: Inventory,
+    policies: dict[str, Policy],
+    tmp_path_factory: pytest.TempPathFactory,
+    stores: list[Orchestrator],
 ) -> Orchestrator:
     engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('net') / 'net.db'}")
     migrate(engine)
     orchestrator = Orchestrator(engine, policies, net, sleep=lambda _: None)
     orchestrator.seed_pools()
+    stores.append(orchestrator)
     return orchestrator
 
 
@@ -155,9 +166,12 @@ def steps(orch: Orchestrator, service: str) -> list[tuple[str, str]]:
 
 
 def test_a_reclaimed_address_leaves_the_wire_comes_back_on_payment_and_goes_to_the_next(
-    net: Inventory, policies: dict[str, Policy], tmp_path_factory: pytest.TempPathFactory
+    net: Inventory,
+    policies: dict[str, Policy],
+    tmp_path_factory: pytest.TempPathFactory,
+    stores: list[Orchestrator],
 ) -> None:
-    orch = orchestrator_on(net, policies, tmp_path_factory)
+    orch = orchestrator_on(net, policies, tmp_path_factory, stores)
     give_address(1, SHARED)
     give_address(2, SHARED)
     first, second = f"w{uuid.uuid4().hex[:7]}", f"x{uuid.uuid4().hex[:7]}"
@@ -200,9 +214,12 @@ def test_a_reclaimed_address_leaves_the_wire_comes_back_on_payment_and_goes_to_t
 
 
 def test_a_colocated_box_loses_its_port_on_the_suspend_day_and_gets_it_back_when_paid(
-    net: Inventory, policies: dict[str, Policy], tmp_path_factory: pytest.TempPathFactory
+    net: Inventory,
+    policies: dict[str, Policy],
+    tmp_path_factory: pytest.TempPathFactory,
+    stores: list[Orchestrator],
 ) -> None:
-    orch = orchestrator_on(net, policies, tmp_path_factory)
+    orch = orchestrator_on(net, policies, tmp_path_factory, stores)
     sid = f"c{uuid.uuid4().hex[:7]}"
     orch.ingest(
         events(created(sid, product="colocation", host="colo-net-3"), invoice(sid, "2026-12-01")),
@@ -255,3 +272,22 @@ def test_colocated_hardware_is_never_purged(net: Inventory) -> None:
     with pytest.raises(PermanentError, match="never wiped"):
         box.purge(ServiceRef("c-purge", "colo-net-3"))
     assert port_is_up("cport3")
+
+
+def test_no_secret_of_the_lab_is_in_the_journal_or_the_playbook_runs(
+    stores: list[Orchestrator],
+) -> None:
+    """The SSH key reached the router through ssh-agent: no record or artifact holds it."""
+    secrets = _key_lines(LAB_DIR / "secrets" / "orchestrator_ed25519")
+    corpus: list[str] = []
+    for orch in stores:
+        with orch.sessions() as session:
+            for table in ("steps", "audit", "notifications"):
+                rows = session.execute(text(f"SELECT * FROM {table}"))
+                corpus += [repr(tuple(row)) for row in rows]
+    runs = [d for d in (LAB_DIR / "runs").glob("*-rtr-lab-1-*") if d.is_dir()]
+    for path in (p for run in runs for p in run.rglob("*")):
+        if path.is_file():
+            corpus.append(path.read_text(errors="replace"))
+    assert len(stores) == 2 and runs and len(corpus) > 20
+    assert not [s[:4] for s in secrets if any(s in item for item in corpus)]
