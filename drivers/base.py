@@ -65,6 +65,9 @@ class Capability(StrEnum):
     # Bring a service back from one chosen backup, and boot a copy in a scratch machine.
     RESTORE_BACKUP = "backup:restore"
     VERIFY_BACKUP = "backup:verify"
+    # A network driver's: route exactly a set of addresses to a port; set a port up or down.
+    ROUTE_ADDRESSES = "network:route"
+    SWITCH_PORT = "network:port"
 
 
 class Power(StrEnum):
@@ -139,6 +142,10 @@ class ComputeDriver(ABC):
     """A hypervisor (or a dedicated box's power) seen as machines with data."""
 
     capabilities: frozenset[Capability] = frozenset()
+    # A machine that is nothing but its uplink's port (a colocated box): the
+    # loader hands it the host's ``Uplink``, and the core's routing of the
+    # host's addresses to that port is its address binding.
+    behind_uplink: bool = False
 
     def require(self, capability: Capability) -> None:
         if capability not in self.capabilities:
@@ -223,13 +230,58 @@ class PowerDriver(ABC):
     def set_power(self, host: str, power: Power) -> Outcome: ...
 
 
+@dataclass(frozen=True)
+class PortState:
+    """One port of a router or switch as the device reports it.
+
+    ``up`` is the administrative state; ``addresses`` what the port's filter
+    lets through, ``routes`` the host routes that point at it (a port that
+    is down has none: they come back from ``addresses`` when it opens).
+    """
+
+    up: bool
+    description: str = ""
+    addresses: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+
+    def carries(self, addresses: tuple[str, ...]) -> bool:
+        """Whether exactly these addresses reach the port (routed too, if it is up)."""
+        wanted = sorted(addresses)
+        routed = wanted if self.up else []
+        return sorted(self.addresses) == wanted and sorted(self.routes) == routed
+
+
 class NetworkDriver(ABC):
-    """Switch ports and routes that make an address reach a customer."""
+    """Switch ports and routes that make an address reach a customer.
+
+    ``router`` is the device's name in the inventory, ``port`` its port.
+    Both changes are level-triggered: the device is read first, and the
+    outcome says whether anything changed.
+    """
 
     capabilities: frozenset[Capability] = frozenset()
 
     @abstractmethod
-    def set_port(self, host: str, port: str, up: bool) -> Outcome: ...
+    def port_state(self, router: str, port: str) -> PortState: ...
+
+    @abstractmethod
+    def set_port(
+        self, router: str, port: str, up: bool, description: str | None = None
+    ) -> Outcome:
+        """Open or shut a port; a description (None: leave it) says why, for whoever looks."""
+
+    @abstractmethod
+    def route(self, router: str, port: str, addresses: tuple[str, ...]) -> Outcome:
+        """Make exactly ``addresses`` reach ``port``: the missing added, the others removed."""
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """Where a host meets the network: a port of a router, and the driver of that router."""
+
+    network: NetworkDriver
+    router: str
+    port: str
 
 
 class RunnerDriver(ABC):
@@ -245,16 +297,36 @@ COMPUTE_DRIVERS: dict[str, str] = {
     "libvirt": "drivers.libvirt_compute:LibvirtCompute",
     "ipmi": "drivers.dedicated:DedicatedCompute",
     "proxmox": "drivers.proxmox:ProxmoxCompute",
+    "colo": "drivers.colo:ColoCompute",
 }
 
 
-def load_compute(name: str, **options: Any) -> ComputeDriver:
+NETWORK_DRIVERS: dict[str, str] = {
+    "router": "drivers.router:RouterNetwork",
+}
+
+
+def _driver_class(registry: dict[str, str], name: str, what: str) -> Any:
     try:
-        target = COMPUTE_DRIVERS[name]
+        target = registry[name]
     except KeyError:
-        known = ", ".join(sorted(COMPUTE_DRIVERS))
-        raise PermanentError(f"no compute driver named {name!r} (known: {known})") from None
+        known = ", ".join(sorted(registry))
+        raise PermanentError(f"no {what} driver named {name!r} (known: {known})") from None
     module_name, class_name = target.split(":")
-    driver_class = getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_compute(name: str, uplink: Uplink | None = None, **options: Any) -> ComputeDriver:
+    """A compute driver; one that is its uplink's port (colocation) also gets the uplink."""
+    driver_class = _driver_class(COMPUTE_DRIVERS, name, "compute")
+    if driver_class.behind_uplink:
+        if uplink is None:
+            raise PermanentError(f"a {name} host needs an uplink (router, port) in the inventory")
+        options["uplink"] = uplink
     driver: ComputeDriver = driver_class(**options)
+    return driver
+
+
+def load_network(driver_name: str, **options: Any) -> NetworkDriver:
+    driver: NetworkDriver = _driver_class(NETWORK_DRIVERS, driver_name, "network")(**options)
     return driver

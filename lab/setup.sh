@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 source lab/apt.sh
 install_missing libvirt-dev libvirt-clients pkg-config python3-venv gcc
+# The network lab (lab/net.sh): a router namespace's sshd, its filter, ping to judge by.
+install_missing openssh-server openssh-client iproute2 nftables iputils-ping
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -24,6 +24,7 @@ from drivers.base import (
     PermanentError,
     ServiceRef,
     TemporaryError,
+    Uplink,
 )
 from orchestrator import backups, ipam
 from orchestrator.evidence import Signer
@@ -50,6 +51,8 @@ class Context:
     policy: Policy
     now: datetime
     signer: Signer | None = None
+    # The router port the host hangs off, if the inventory names one.
+    uplink: Uplink | None = None
 
 
 Handler = Callable[[Context, StepRow, ServiceRef], dict[str, Any]]
@@ -124,16 +127,31 @@ def _purge(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
 
 
 def _assign_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
+    """The service's address, bound on its machine and routed to its host's uplink.
+
+    When the customer's old address went to someone else after its
+    quarantine, the record names it (``previous_addresses``): billing is
+    told the old address and the new one together.
+    """
     try:
         with context.sessions.begin() as session:
             held = ipam.held_by(session, ref.service_id)
+            before = () if held else ipam.last_reclaimed(session, ref.service_id)
             address = (
                 held[0] if held else ipam.assign(session, context.pool, ref.service_id, context.now)
             )
     except ipam.PoolExhausted as exc:  # quarantines end: try again in an hour
         raise TemporaryError(str(exc), delay=3600) from exc
     bound = _bind(context, ref, (address,))
-    return {"changed": not held, "addresses": [address], "bound_on_wire": bound}
+    record = {
+        "changed": not held,
+        "addresses": [address],
+        "bound_on_wire": bound,
+        "routed": _route(context, ref),
+    }
+    if replaced := [a for a in before if a != address]:
+        record["previous_addresses"] = replaced
+    return record
 
 
 def _reclaim_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
@@ -147,12 +165,19 @@ def _reclaim_ips(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, 
         "addresses": list(released),
         "quarantine_until": until.isoformat(),
         "bound_on_wire": bound,
+        "routed": _route(context, ref),
     }
 
 
 def _bind(context: Context, ref: ServiceRef, addresses: tuple[str, ...]) -> bool:
-    """Bind on the wire where the driver can; the store stays the truth either way."""
+    """Bind on the wire where the driver can; the store stays the truth either way.
+
+    A machine that is its uplink's port (colocation) is bound by the route
+    to that port, which ``_route`` makes for all the host's services at once.
+    """
     if Capability.BIND_ADDRESSES not in context.driver.capabilities:
+        return False
+    if context.driver.behind_uplink and context.uplink is not None:
         return False
     if context.driver.inspect(ref).power.value == "absent":
         return False
@@ -216,6 +241,28 @@ def _restore_backup(context: Context, step: StepRow, ref: ServiceRef) -> dict[st
     backup_id = str(json.loads(step.params)["backup_id"])
     outcome = context.driver.restore_backup(ref, _spec(context), backup_id)
     return {**_record(outcome), "backup_id": backup_id}
+
+
+def _route(context: Context, ref: ServiceRef) -> dict[str, Any] | None:
+    """Route exactly the addresses the host's services hold to its uplink port.
+
+    Level-triggered over the whole host, not one address at a time: what
+    the port carries follows the store, so a retried or repeated step
+    converges and a reclaimed address is gone from the wire, whatever was
+    there before. None when the host has no uplink in the inventory.
+    """
+    if context.uplink is None:
+        return None
+    with context.sessions() as session:
+        addresses = ipam.held_on_host(session, ref.host)
+    uplink = context.uplink
+    outcome = uplink.network.route(uplink.router, uplink.port, addresses)
+    return {
+        "router": uplink.router,
+        "port": uplink.port,
+        "addresses": list(addresses),
+        "changed": outcome.changed,
+    }
 
 
 def _notice(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:

@@ -46,6 +46,7 @@ breaker_app = typer.Typer(no_args_is_help=True, help="The blast-radius breaker."
 steps_app = typer.Typer(no_args_is_help=True, help="The journal of steps.")
 notifications_app = typer.Typer(no_args_is_help=True, help="What the billing system is told.")
 erase_app = typer.Typer(no_args_is_help=True, help="Signed erase records of purged disks.")
+colo_app = typer.Typer(no_args_is_help=True, help="Colocated hardware, the customers' own.")
 for sub, name in [
     (policy_app, "policy"),
     (services_app, "services"),
@@ -55,6 +56,7 @@ for sub, name in [
     (steps_app, "steps"),
     (notifications_app, "notifications"),
     (erase_app, "erase"),
+    (colo_app, "colo"),
 ]:
     app.add_typer(sub, name=name)
 out = Console()
@@ -592,6 +594,23 @@ def erase_verify(
     )
     if not all(item["signature"] for item in checked):
         raise typer.Exit(1)
+
+
+@colo_app.command("due")
+def colo_due(ctx: typer.Context, at: AtOption = None, as_json: JsonFlag = False) -> None:
+    """Colocated boxes whose hand-over deadline has come: to collect, never to wipe.
+
+    Each with its deadline, the hand_over step's state in the journal (not
+    journaled yet, awaiting ``apply --yes``, done) and any hold keeping it back.
+    """
+    found = _orchestrator(ctx).hand_overs(parse_at(at))
+    rows = [{**asdict(h), "deadline": _local(h.deadline)} for h in found]
+    columns = ("service_id", "customer", "host", "uplink", "deadline", "step", "blocked_by")
+    _emit(
+        rows,
+        as_json,
+        lambda data: _table(data, columns) if data else out.print("no hand-over due"),
+    )
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time as clock
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,10 +28,13 @@ from drivers.base import (
     Capability,
     ComputeDriver,
     DriverError,
+    NetworkDriver,
     Observed,
     Power,
     ServiceRef,
+    Uplink,
     load_compute,
+    load_network,
 )
 from orchestrator import actions, audit, backups, ipam, journal
 from orchestrator.backup_schedule import BackupJob, Limits, Plan, Slot, Week, Window, schedule_week
@@ -40,7 +44,7 @@ from orchestrator.evidence import Signer
 from orchestrator.executor import Executor, ExecutorSettings, StepReport
 from orchestrator.facts import Facts, derive_facts
 from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_warranted
-from orchestrator.inventory import HostVars, Inventory
+from orchestrator.inventory import HostVars, Inventory, Router
 from orchestrator.lifecycle import Phase, Verdict, lifecycle
 from orchestrator.policy import Policy
 from orchestrator.reconcile import (
@@ -56,6 +60,8 @@ from orchestrator.store.models import AddressRow, EventRow, MetaRow, ServiceRow,
 log = logging.getLogger("orchestrator")
 NEW = "new"
 DriverFactory = Callable[[str, HostVars], ComputeDriver]
+# The network driver of one router of the inventory, by its name and variables.
+NetworkFactory = Callable[[str, Router], NetworkDriver]
 
 
 ERASE_SIGNING_KEY = "ORCHESTRATOR_ERASE_SIGNING_KEY"
@@ -113,6 +119,22 @@ class BackupWeek:
     journaled: int = 0
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """A colocated box whose hand-over deadline has come: for an operator, never wiped."""
+
+    service_id: str
+    customer: str
+    policy: str
+    host: str
+    uplink: str | None
+    deadline: datetime
+    phase: str
+    step: str
+    blocked_by: str | None
+    clause: str
+
+
 @dataclass
 class ApplyReport:
     planned: int = 0
@@ -120,8 +142,8 @@ class ApplyReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def _default_drivers(name: str, host: HostVars) -> ComputeDriver:
-    return load_compute(host.driver, uri=host.uri, **host.options)
+def _default_networks(name: str, router: Router) -> NetworkDriver:
+    return load_network(router.driver, **{"name": name, **router.options})
 
 
 class Orchestrator:
@@ -131,15 +153,19 @@ class Orchestrator:
         policies: dict[str, Policy],
         inventory: Inventory,
         settings: Settings | None = None,
-        drivers: DriverFactory = _default_drivers,
+        drivers: DriverFactory | None = None,
         sleep: Callable[[float], None] = clock.sleep,
+        networks: NetworkFactory = _default_networks,
     ) -> None:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.policies, self.inventory = policies, inventory
         self.settings = settings or Settings()
         self.breaker = Breaker(self.settings.breaker)
-        self._driver_factory, self._sleep = drivers, sleep
+        self._driver_factory = drivers or self._default_driver
+        self._network_factory, self._sleep = networks, sleep
         self._drivers: dict[str, ComputeDriver] = {}
+        self._networks: dict[str, NetworkDriver] = {}
+        self._networks_lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------
 
@@ -382,6 +408,50 @@ class Orchestrator:
         kinds = tuple(spec.action.value for spec in specs)
         return Drift(service_id, facts.host, verdict.phase.value, observed.power.value, kinds)
 
+    def hand_overs(self, now: datetime) -> list[HandOver]:
+        """Colocation services whose hand_over deadline has passed, earliest deadline first.
+
+        Whether the step is still to be journaled, awaiting an operator's
+        ``apply --yes`` or done, and whether a hold keeps it back: the
+        hardware is the customer's, so this is a list for people, not a wipe.
+        """
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ServiceRow.id, ServiceRow.facts).where(ServiceRow.product == "colocation")
+            ).all()
+            found = [self._hand_over(session, Facts.from_json(raw), now) for _, raw in rows]
+        return sorted((h for h in found if h is not None), key=lambda h: h.deadline)
+
+    def _hand_over(self, session: Session, facts: Facts, now: datetime) -> HandOver | None:
+        verdict = self.verdict(facts, now)
+        deadlines = [
+            (e.planned_at, e)
+            for e in verdict.timeline
+            if e.step.value == "hand_over" and e.planned_at is not None and e.planned_at <= now
+        ]
+        if not deadlines:
+            return None
+        deadline, entry = deadlines[-1]
+        step = session.scalar(
+            select(StepRow.state)
+            .where(StepRow.service_id == facts.service_id, StepRow.kind == Action.HAND_OVER)
+            .order_by(StepRow.id.desc())
+            .limit(1)
+        )
+        uplink = self.inventory.hosts()[facts.host].uplink
+        return HandOver(
+            facts.service_id,
+            facts.customer,
+            facts.policy,
+            facts.host,
+            f"{uplink.router} {uplink.port}" if uplink else None,
+            deadline,
+            verdict.phase.value,
+            step or "not journaled",
+            entry.blocked_by,
+            entry.clause,
+        )
+
     def _admit(self, now: datetime, yes: bool) -> list[StepRow]:
         """The runnable steps; destructive ones only if the breaker lets this many through."""
         with self.sessions.begin() as session:
@@ -436,6 +506,7 @@ class Orchestrator:
             self.policies[facts.policy],
             now,
             self._signer(driver) if action == Action.PURGE else None,
+            self.uplink(facts.host),
         )
 
     def _settle(self, service_id: str, now: datetime) -> None:
@@ -661,6 +732,24 @@ class Orchestrator:
             self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
         return self._drivers[host]
 
+    def _default_driver(self, name: str, host: HostVars) -> ComputeDriver:
+        return load_compute(host.driver, self.uplink(name), uri=host.uri, **host.options)
+
+    def uplink(self, host: str) -> Uplink | None:
+        """The router port a host hangs off, with that router's driver; None if it names none."""
+        found = self.inventory.hosts()[host].uplink
+        if found is None:
+            return None
+        return Uplink(self.network(found.router), found.router, found.port)
+
+    def network(self, router: str) -> NetworkDriver:
+        """One driver per router, made when first needed and kept (it serialises its changes)."""
+        with self._networks_lock:  # executor threads: two drivers would not share one lock
+            if router not in self._networks:
+                vars_ = self.inventory.routers[router]
+                self._networks[router] = self._network_factory(router, vars_)
+            return self._networks[router]
+
 
 def _event_row(event: Event, now: datetime) -> EventRow:
     return EventRow(
@@ -735,4 +824,4 @@ def _earliest(a: datetime | None, b: datetime) -> datetime:
     return min(a, b) if a is not None else b
 
 
-__all__ = ["ApplyReport", "IngestReport", "Orchestrator", "ServicePlan", "Settings"]
+__all__ = ["ApplyReport", "HandOver", "IngestReport", "Orchestrator", "ServicePlan", "Settings"]

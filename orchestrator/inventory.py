@@ -1,8 +1,10 @@
-"""The inventory: sites' hosts and IP pools, in Ansible's YAML inventory format.
+"""The inventory: sites' hosts, IP pools and routers, in Ansible's YAML inventory format.
 
 Hosts sit in groups under ``all.children`` with their variables (which
-compute driver, its URI, which IP pool, how many steps at once); pools are
-``all.vars.pools``. The same file can be handed to ansible-playbook.
+compute driver, its URI, which IP pool, how many steps at once, and its
+``uplink``: which router's port it hangs off); pools are
+``all.vars.pools``, routers ``all.vars.routers``. The same file can be
+handed to ansible-playbook.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.yamlerrors import load_yaml_model
+from orchestrator.yamlerrors import Located, load_yaml_model
 
 
 class Strict(BaseModel):
@@ -138,6 +140,26 @@ def _span(
     return first, last
 
 
+# A port is an interface name on the router: at most 15 characters a shell won't read.
+PORT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$"
+# Compute drivers whose machine is its uplink's port: a host of theirs needs one.
+PORT_MACHINES = frozenset({"colo"})
+
+
+class Router(Strict):
+    """A router (or switch) whose ports the orchestrator opens, shuts and routes addresses to."""
+
+    driver: str = "router"
+    options: dict[str, Any] = Field({}, description="passed to the network driver as it is")
+
+
+class Uplink(Strict):
+    """Where a host meets the network: ``router`` names one of ``all.vars.routers``."""
+
+    router: str
+    port: str = Field(pattern=PORT_NAME, description="the router's interface for this host")
+
+
 class HostVars(Strict):
     driver: str = "libvirt"
     uri: str = "test:///default"
@@ -154,6 +176,9 @@ class HostVars(Strict):
     backup_minutes: int = Field(
         30, ge=1, description="how long a backup takes until one has been measured"
     )
+    uplink: Uplink | None = Field(
+        None, description="the router port its addresses are routed to (colocation: its port)"
+    )
 
 
 class Group(Strict):
@@ -167,6 +192,7 @@ class AllVars(Strict):
     storage_limits: dict[str, Annotated[int, Field(ge=1)]] = Field(
         {}, description="backups a storage takes at once, by the hosts' backup_storage"
     )
+    routers: dict[str, Router] = {}
 
     @model_validator(mode="after")
     def _pools_apart(self) -> AllVars:
@@ -191,20 +217,62 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _pools_known(self) -> Inventory:
-        for name, host in self.hosts().items():
+        for where, name, host in self._located_hosts():
             if host.pool not in self.all.vars.pools:
                 known = ", ".join(sorted(self.all.vars.pools))
-                raise ValueError(f"host {name} names unknown pool {host.pool!r} (known: {known})")
+                raise Located(
+                    f"host {name} names unknown pool {host.pool!r} (known: {known})",
+                    (*where, "pool"),
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _uplinks_known(self) -> Inventory:
+        """An uplink names a known router, and a port serves one host.
+
+        Two hosts on one port would share its fate: shutting a colocated
+        box's port would cut the other off too.
+        """
+        taken: dict[tuple[str, str], str] = {}
+        for where, name, host in self._located_hosts():
+            if host.uplink is None:
+                if host.driver in PORT_MACHINES:
+                    raise Located(f"host {name} (driver {host.driver}) needs an uplink", where)
+                continue
+            router, port = host.uplink.router, host.uplink.port
+            if router not in self.all.vars.routers:
+                known = ", ".join(sorted(self.all.vars.routers)) or "none"
+                raise Located(
+                    f"host {name}'s uplink names unknown router {router!r} (known: {known})",
+                    (*where, "uplink", "router"),
+                )
+            if (router, port) in taken:
+                raise Located(
+                    f"hosts {taken[router, port]} and {name} both name {router} port {port}: "
+                    "a port serves one host",
+                    (*where, "uplink", "port"),
+                )
+            taken[router, port] = name
         return self
 
     def hosts(self) -> dict[str, HostVars]:
-        found: dict[str, HostVars] = {}
-        stack = list(self.all.children.values())
+        return {name: host for _, name, host in self._located_hosts()}
+
+    def _located_hosts(self) -> list[tuple[tuple[str, ...], str, HostVars]]:
+        """Every host with the path to it in the file, for errors that name its line."""
+        found: list[tuple[tuple[str, ...], str, HostVars]] = []
+        stack: list[tuple[tuple[str, ...], Group]] = [
+            (("all", "children", name), group) for name, group in self.all.children.items()
+        ]
         while stack:
-            group = stack.pop()
-            found.update(group.hosts)
-            stack.extend(group.children.values())
+            where, group = stack.pop()
+            found += [((*where, "hosts", name), name, host) for name, host in group.hosts.items()]
+            stack += [((*where, "children", n), g) for n, g in group.children.items()]
         return found
+
+    @property
+    def routers(self) -> dict[str, Router]:
+        return self.all.vars.routers
 
     @property
     def pools(self) -> dict[str, Pool]:

@@ -40,7 +40,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from orchestrator.store.models import AddressHistoryRow, AddressRow
+from orchestrator.store.models import AddressHistoryRow, AddressRow, ServiceRow
 
 FREE, ASSIGNED, QUARANTINE = "free", "assigned", "quarantine"
 RESERVED, BLOCKED = "reserved", "blocked"
@@ -145,6 +145,35 @@ def held_by(session: Session, service_id: str) -> tuple[str, ...]:
         .order_by(AddressRow.address)
     )
     return tuple(rows)
+
+
+def held_on_host(session: Session, host: str) -> tuple[str, ...]:
+    """Every address assigned to a service of one host: what its uplink port must carry."""
+    rows = session.scalars(
+        select(AddressRow.address)
+        .join(ServiceRow, ServiceRow.id == AddressRow.service_id)
+        .where(ServiceRow.host == host, AddressRow.state == ASSIGNED)
+        .order_by(AddressRow.address)
+    )
+    return tuple(rows)
+
+
+def last_reclaimed(session: Session, service_id: str) -> tuple[str, ...]:
+    """The addresses the service's last reclaim took, whoever holds them now.
+
+    When a customer pays after another took their address, this is the old
+    address billing is told about next to the new one.
+    """
+    reclaims = select(AddressHistoryRow.address, AddressHistoryRow.at).where(
+        AddressHistoryRow.service_id == service_id,
+        AddressHistoryRow.from_state == ASSIGNED,
+        AddressHistoryRow.to_state == QUARANTINE,
+    )
+    found = session.execute(reclaims).all()
+    if not found:
+        return ()
+    latest = max(at for _, at in found)
+    return tuple(sorted(address for address, at in found if at == latest))
 
 
 def state_at(row: AddressRow, now: datetime) -> str:

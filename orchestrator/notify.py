@@ -56,6 +56,7 @@ def record(
         "at": now.isoformat(),
         "step": {"id": step.id, "kind": step.kind, "state": state},
         "detail": redact(detail),
+        **_address_change(kind, detail),
     }
     session.add(
         NotificationRow(
@@ -69,6 +70,18 @@ def record(
             created_at=now,
         )
     )
+
+
+def _address_change(kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """A paying customer whose old address went elsewhere: billing hears both, side by side."""
+    if kind != "ip.assigned" or not detail.get("previous_addresses"):
+        return {}
+    return {
+        "address_change": {
+            "old": list(detail["previous_addresses"]),
+            "new": list(detail.get("addresses", [])),
+        }
+    }
 
 
 @dataclass(frozen=True)

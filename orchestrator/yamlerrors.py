@@ -39,6 +39,19 @@ class Problem:
 M = TypeVar("M", bound=BaseModel)
 
 
+class Located(ValueError):
+    """A whole-file check's error that knows where in the file it is (a path of keys).
+
+    A validator of the whole model sees every host at once, but pydantic
+    places its errors at the document; this carries the path of the value
+    at fault so the operator is told its line.
+    """
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class Loader(yaml.SafeLoader):
     """The safe loader, plus Ansible's ``!vault`` tag for encrypted secrets in inventories."""
 
@@ -72,8 +85,11 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
 
 def _problem(path: Path, root: yaml.Node | None, error: Any) -> Problem:
     loc = [part for part in error["loc"] if not _is_validator_tag(part)]
-    field = ".".join(str(part) for part in loc) or "(document)"
     message = error["msg"]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, Located):
+        loc, message = [*loc, *cause.loc], str(cause)
+    field = ".".join(str(part) for part in loc) or "(document)"
     if error["type"] == "extra_forbidden":
         message = "unknown field (misspelled?)"
     return Problem(str(path), _line_of(root, loc), field, message)

@@ -114,3 +114,28 @@ def test_notifications_list_and_replay(cli) -> None:  # type: ignore[no-untyped-
     assert queued["kind"] == "ip.assigned" and queued["state"] == "pending"
     assert "not a dead letter" in cli("notifications", "replay", str(queued["id"]), code=2)
     assert json.loads(cli("notifications", "list", "--state", "dead", "--json")) == []
+
+
+def test_colo_due_lists_boxes_whose_hand_over_has_come(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    closing = {
+        "id": "c2-closed",
+        "service": "c2",
+        "at": "2026-12-01T10:00:00+07:00",
+        "data": {"type": "service.cancelled"},
+    }
+    source = tmp_path / "colo.json"
+    source.write_text(
+        json.dumps([created("c2", product="colocation", host="metal-jkt-1"), closing])
+    )
+    cli("event", str(source), "--at", "2026-12-01T10:00:00+07:00")
+    assert json.loads(cli("colo", "due", "--at", "2027-02-28", "--json")) == []
+    (due,) = json.loads(cli("colo", "due", "--at", "2027-03-02", "--json"))
+    assert (due["service_id"], due["step"]) == ("c2", "not journaled")
+    assert due["deadline"].startswith("2027-03-01T10:00") and "auctioned" in due["clause"]
+    cli("apply", "--at", "2027-03-02")
+    (due,) = json.loads(cli("colo", "due", "--at", "2027-03-02", "--json"))
+    assert due["step"] == "awaiting" and due["phase"] == "handed_over"
+    cli("apply", "--at", "2027-03-02", "--yes")
+    (due,) = json.loads(cli("colo", "due", "--at", "2027-03-03", "--json"))
+    assert due["step"] == "done"
+    assert "c2" in cli("colo", "due", "--at", "2027-03-03")

@@ -12,11 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from orchestrator import notify
+from orchestrator import ipam, notify
 from orchestrator.engine import Orchestrator
+from orchestrator.inventory import load_inventory
 from orchestrator.signing import verify
 from orchestrator.store.models import NotificationRow
-from tests.conftest import created, events, invoice, paid, wib
+from tests.conftest import REPO, created, events, invoice, paid, wib
 
 SECRET = b"billing-shared-secret"
 
@@ -117,3 +118,46 @@ def test_a_notification_that_keeps_failing_is_dead_lettered_and_replayable(
         assert notify.replay(session, first.id, moment)
     result = notify.deliver(orchestrator.sessions, lambda body, headers: 200, SECRET, moment)
     assert result.delivered == 3
+
+
+def test_a_paying_customer_whose_address_went_elsewhere_is_told_old_and_new(
+    sqlite_engine: Any, policies: Any, tmp_path: Any
+) -> None:
+    """Two addresses: the customer's first goes to another after quarantine, they get the other."""
+    text = (REPO / "inventory" / "lab.yaml").read_text()
+    small = text.replace(
+        "cidr: 198.51.100.0/26",
+        "cidr: 198.51.100.0/29\n        reserved: [198.51.100.4-198.51.100.6]",
+    )
+    (tmp_path / "small.yaml").write_text(small)
+    orch = Orchestrator(
+        sqlite_engine, policies, load_inventory(tmp_path / "small.yaml"), sleep=lambda _: None
+    )
+    orch.seed_pools()
+    first, other = "198.51.100.2", "198.51.100.3"
+    with orch.sessions.begin() as session:  # kept from everyone until after the reclaim
+        ipam.block(session, other, ipam.Change(wib(2026, 11, 19), reason="on a blocklist"))
+    colo = {"product": "colocation", "host": "metal-jkt-1"}
+    orch.ingest(events(created("a", **colo), invoice("a", "2026-12-01")), wib(2026, 11, 20))
+    orch.apply(wib(2026, 11, 20, 0, 1))
+    orch.apply(wib(2026, 12, 9, 0, 1))  # reclaimed on day 8, resting for "a" until 8 January
+    with orch.sessions.begin() as session:
+        ipam.unblock(session, other, ipam.Change(wib(2026, 12, 20), reason="delisted"))
+    orch.ingest(events(created("b", **colo)), wib(2027, 1, 9))
+    orch.apply(wib(2027, 1, 9, 1, 0))  # the least recently used: "a"'s old address
+    orch.ingest(events(paid("a", "2027-01-10T10:00:00+07:00")), wib(2027, 1, 10, 10))
+    orch.apply(wib(2027, 1, 10, 10, 1))
+    with orch.sessions() as session:
+        assigned = [
+            (n.service_id, json.loads(n.body))
+            for n in session.scalars(select(NotificationRow).order_by(NotificationRow.id))
+            if n.kind == "ip.assigned"
+        ]
+        assert ipam.held_by(session, "b") == (first,) and ipam.held_by(session, "a") == (other,)
+    changes = [(service, body.get("address_change")) for service, body in assigned]
+    assert changes == [
+        ("a", None),
+        ("b", None),
+        ("a", {"old": [first], "new": [other]}),
+    ]
+    assert assigned[-1][1]["detail"]["previous_addresses"] == [first]
