@@ -7,6 +7,8 @@ the driver under test.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,8 +19,9 @@ import pytest
 
 from drivers.base import MachineSpec, PermanentError, Power, ServiceRef
 from drivers.proxmox import ProxmoxCompute
-from drivers.proxmox_api import TaskFailed
+from drivers.proxmox_api import PveApi, TaskFailed
 from lab.pve.harness import PveLab
+from lab.pve.schema import SUBSET
 from orchestrator import ipam
 from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory
@@ -111,8 +114,44 @@ def backups_anywhere(pve: PveLab, marker: str) -> list[str]:
     return found
 
 
+def _template(path: str) -> re.Pattern[str]:
+    """A schema path as a pattern; a trailing ``{volume}`` takes the rest, slashes too."""
+    pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))
+    return re.compile("^" + re.sub(r"\[\^/\]\+$", ".+", pattern) + "$")
+
+
+SUBSET_ENDPOINTS = [
+    (e["method"], _template(e["path"])) for e in json.loads(SUBSET.read_text())["endpoints"]
+]
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every (method, path) the driver sends while a test runs."""
+    seen: list[tuple[str, str]] = []
+    for method in ("get", "post", "put", "delete"):
+        original = getattr(PveApi, method)
+
+        def recording(self: PveApi, path: str, *args: Any, _m: str = method,
+                      _f: Any = original, **kwargs: Any) -> Any:
+            seen.append((_m.upper(), "/" + path.strip("/")))
+            return _f(self, path, *args, **kwargs)
+
+        monkeypatch.setattr(PveApi, method, recording)
+    return seen
+
+
+def assert_checked_by_the_emulator_tests(calls: list[tuple[str, str]]) -> None:
+    """The emulator's schema tests cover every endpoint of the subset; the driver must
+    use no other, or what it sends would go unchecked."""
+    unknown = sorted({(m, p) for m, p in calls
+                      if not any(m == em and rx.match(p) for em, rx in SUBSET_ENDPOINTS)})
+    assert calls and unknown == []
+
+
 def test_a_vps_lives_through_its_ladder_on_proxmox(
-    pve: PveLab, pve_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path
+    pve: PveLab, pve_inventory: Inventory, policies: dict[str, Policy], tmp_path: Path,
+    calls: list[tuple[str, str]],
 ) -> None:
     sid = f"x{uuid.uuid4().hex[:7]}"
     engine = open_engine(f"sqlite:///{tmp_path / 'pve.db'}")
@@ -144,6 +183,7 @@ def test_a_vps_lives_through_its_ladder_on_proxmox(
     assert vm_state(pve, sid) == "absent"
     orch.apply(wib(2027, 2, 16, 0, 1))  # purged: no VM, no backup anywhere
     assert vm_state(pve, sid) == "absent" and backups_anywhere(pve, f"svc-{sid}") == []
+    assert_checked_by_the_emulator_tests(calls)
 
 
 def test_a_backup_waits_for_a_held_lock_and_then_succeeds(
@@ -175,7 +215,7 @@ def test_a_failed_task_is_reported_with_its_log(pve: PveLab, driver: ProxmoxComp
 
 
 def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
-    pve: PveLab, driver: ProxmoxCompute
+    pve: PveLab, driver: ProxmoxCompute, calls: list[tuple[str, str]]
 ) -> None:
     ref = ServiceRef(f"r{uuid.uuid4().hex[:7]}", HOST)
     driver.create(ref, _small())
@@ -195,6 +235,7 @@ def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
     driver.prune(ref, rules)
     assert {b.backup_id for b in driver.backups(ref)} == expected
     assert len(expected) < len(before)
+    assert_checked_by_the_emulator_tests(calls)
 
 
 def test_a_token_without_power_privileges_is_refused_clearly(
@@ -208,7 +249,9 @@ def test_a_token_without_power_privileges_is_refused_clearly(
         weak.create(ServiceRef(f"d{uuid.uuid4().hex[:7]}", HOST), _small())
 
 
-def test_snapshots_and_a_package_change(pve: PveLab, driver: ProxmoxCompute) -> None:
+def test_snapshots_and_a_package_change(
+    pve: PveLab, driver: ProxmoxCompute, calls: list[tuple[str, str]]
+) -> None:
     ref = ServiceRef(f"s{uuid.uuid4().hex[:7]}", HOST)
     driver.create(ref, _small())
     assert driver.snapshot(ref, "before-upgrade").changed
@@ -221,6 +264,7 @@ def test_snapshots_and_a_package_change(pve: PveLab, driver: ProxmoxCompute) -> 
     assert driver.snapshots(ref) == []
     assert driver.suspend(ref, "shutdown").observed.power == Power.OFF
     assert driver.resume(ref).observed.power == Power.RUNNING
+    assert_checked_by_the_emulator_tests(calls)
 
 
 def _small(vcpus: int = 1, memory_mib: int = 512, disk_gib: int = 2) -> MachineSpec:
