@@ -74,13 +74,21 @@ def _copies(pve: PveLab, sid: str) -> list[str]:
     return [c["volid"] for c in content if f"svc-{sid}" in str(c.get("notes", ""))]
 
 
-def test_a_backup_that_missed_its_window_waits_for_the_next_night(
+def _scheduled(
     pve: PveLab, secret: Path, policies: dict[str, Policy], tmp_path: Path
-) -> None:
+) -> tuple[Orchestrator, str, StepRow]:
+    """A new Herza VPS with its backup journaled for the week of ``MONDAY``."""
     orch = _orchestrator(pve, secret, policies, tmp_path)
     sid = _new_vps(orch, pve)
     orch.schedule_backups(MONDAY, wib(2026, 12, 6, 12))
     (step,) = _backup_steps(orch, sid)
+    return orch, sid, step
+
+
+def test_a_backup_that_missed_its_window_waits_for_the_next_night(
+    pve: PveLab, secret: Path, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    orch, sid, step = _scheduled(pve, secret, policies, tmp_path)
     assert step.not_before is not None
     day = step.not_before.astimezone(wib(2026, 1, 1).tzinfo).date()
     late = wib(day.year, day.month, day.day, 9)  # the daemon was down all night
@@ -102,9 +110,7 @@ def test_a_backup_that_missed_its_window_waits_for_the_next_night(
 def test_a_scheduled_backup_is_not_superseded_and_lets_the_service_settle(
     pve: PveLab, secret: Path, policies: dict[str, Policy], tmp_path: Path
 ) -> None:
-    orch = _orchestrator(pve, secret, policies, tmp_path)
-    sid = _new_vps(orch, pve)
-    orch.schedule_backups(MONDAY, wib(2026, 12, 6, 12))
+    orch, sid, _ = _scheduled(pve, secret, policies, tmp_path)
     orch.ingest(events({"id": f"{sid}-renew", "service": sid, "at": "2026-12-06T13:00:00+07:00",
                         "data": {"type": "service.renewed", "until": "2027-12-06"}}),
                 wib(2026, 12, 6, 13))
@@ -120,10 +126,7 @@ def test_a_scheduled_backup_is_not_superseded_and_lets_the_service_settle(
 def test_a_legal_hold_keeps_every_copy_and_holds_a_restore(
     pve: PveLab, secret: Path, policies: dict[str, Policy], tmp_path: Path
 ) -> None:
-    orch = _orchestrator(pve, secret, policies, tmp_path)
-    sid = _new_vps(orch, pve)
-    orch.schedule_backups(MONDAY, wib(2026, 12, 6, 12))
-    (step,) = _backup_steps(orch, sid)
+    orch, sid, step = _scheduled(pve, secret, policies, tmp_path)
     assert step.not_before is not None
     pve.set_clock(step.not_before)
     orch.apply(step.not_before + timedelta(minutes=1))
