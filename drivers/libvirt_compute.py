@@ -392,7 +392,7 @@ class LibvirtCompute(ComputeDriver):
         pool = conn.storagePoolLookupByName(self.pool_name)
         refreshed = _refreshed(pool)
         listed = self._volume_name(ref) in pool.listVolumes()
-        listed |= bool(self._backup_volumes(conn, ref, refresh=True))
+        listed |= bool(self._backup_files(conn, ref, refresh=True))
         gone = self._domain(conn, ref) is None and self._volume(conn, ref) is None
         listing = "refreshed pool listing" if refreshed else "pool listing (refresh refused)"
         return {"verified_absent": gone and not listed, "verified_by": listing}
@@ -590,6 +590,8 @@ class LibvirtCompute(ComputeDriver):
         replaced, so nothing it would write on the way down matters), its
         volume is replaced by a full copy of the backup, and the domain is
         defined anew from ``spec`` keeping the addresses it was bound to.
+        Should the copy fail half-way (a full pool), the service is left with
+        no machine and the backup intact: the same call, retried, finishes it.
         """
         self.require(Capability.RESTORE_BACKUP)
         with self._call(f"restore {ref.name} from {backup_id}") as conn:
@@ -599,6 +601,11 @@ class LibvirtCompute(ComputeDriver):
                 raise PermanentError(
                     f"backup {backup_id} of {ref.name} is not the copy taken (SHA-256 "
                     f"{checks['sha256']}, recorded {checks['sha256_recorded']}): not restored"
+                )
+            if (image := _volume_format(copy)) != "qcow2":
+                raise PermanentError(
+                    f"backup {backup_id} of {ref.name} is no qcow2 image any more (libvirt "
+                    f"reads it as {image}): not restored"
                 )
             bound = self._retire_machine(conn, ref)
             addresses = spec.addresses or bound

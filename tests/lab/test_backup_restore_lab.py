@@ -208,6 +208,10 @@ def test_a_backup_that_is_no_image_any_more_fails_without_a_checksum(
     assert evidence["checksum"] == "not recorded" and evidence["booted"] is False, evidence
     assert evidence["verified"] is False and "no qcow2 image" in evidence["why"]
     assert scratch_left(ref) == [] and domain_state(ref.service_id) == "running"
+    uuid_before = virsh("domuuid", ref.name).stdout
+    with pytest.raises(PermanentError, match="no qcow2 image"):
+        writer.restore_backup(ref, SPEC, backup)
+    assert virsh("domuuid", ref.name).stdout == uuid_before
 
 
 def test_a_scratch_that_does_not_come_up_in_time_fails_and_is_removed(
