@@ -180,3 +180,31 @@ def _until(condition: Any, message: str, seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(0.05)
+
+
+def test_a_backup_kept_on_another_node_replaces_the_vm_there(
+    pve: PveLab, driver: ProxmoxCompute, ref: ServiceRef  # noqa: F811
+) -> None:
+    """A local archive is readable only on its node: the VM elsewhere goes, and the archive's
+    node gets the restore, under the same vmid."""
+    driver.create(ref, SMALL)
+    backup = str(driver.backup(ref).evidence["backup"])
+    first = vm_named(pve, ref.name)
+    assert first is not None and backup.startswith(f"{first['node']}/")
+    driver.archive(ref)
+    other = "pve2" if first["node"] == "pve1" else "pve1"
+    vmid = int(pve.client().cluster.nextid.get())
+    _task(pve, other, pve.client().nodes(other).qemu.post(
+        vmid=vmid, name=ref.name, cores=4, memory="4096"))
+    outcome = driver.restore_backup(ref, SMALL, backup)
+    assert outcome.evidence["over_existing"] is False
+    vm = vm_named(pve, ref.name)
+    assert vm is not None and (vm["node"], vm["vmid"]) == (first["node"], vmid)
+    assert shape(pve, ref.name)[:2] == (1, "512") and status_of(pve, ref.name) == "running"
+    assert all_vms(pve).count((vmid, ref.name)) == 1
+
+
+def _task(pve: PveLab, node: str, upid: str) -> None:
+    tasks = pve.client().nodes(node).tasks
+    _until(lambda: tasks(upid).status.get()["status"] == "stopped", f"task {upid} never ended")
+    assert tasks(upid).status.get()["exitstatus"] == "OK"
