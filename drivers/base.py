@@ -213,7 +213,10 @@ class ComputeDriver(ABC):
         """Test restore: boot the backup as a scratch machine, see it start, remove the scratch.
 
         The service's own machine is never touched. The evidence says whether
-        it booted (``booted``), the scratch machine's name and what was checked.
+        it booted (``booted``), whether the backup passed every check
+        (``verified``: booted, and its checksum held where one was recorded),
+        the scratch machine's name and what was checked. A failed check is an
+        outcome, not an error.
         """
         raise Unsupported(f"{type(self).__name__} cannot verify backups by booting them")
 

@@ -96,6 +96,9 @@ BASE_CAPABILITIES = frozenset(
 SAMPLE_BYTES = 4096
 BACKUP_SEPARATOR = "--"
 BACKUP_STAMP = "%Y%m%dT%H%M%SZ"
+BACKUP_SUFFIX = ".qcow2"
+CHECKSUM_SUFFIX = ".sha256"  # a sidecar volume beside each backup: its SHA-256 when taken
+SCRATCH_ATTEMPTS = 100
 QUARANTINE_FILTER = "orchestrator-quarantine"
 QUARANTINE_FILTER_XML = (
     f"<filter name='{QUARANTINE_FILTER}' chain='root'>"
@@ -151,6 +154,8 @@ class LibvirtCompute(ComputeDriver):
         shutdown_timeout: float = 60.0,
         domain_type_from: str | None = None,
         backup_pool: str | None = None,
+        boot_banner: str | None = None,
+        verify_timeout: float = 300.0,
     ) -> None:
         self.uri, self.pool_name, self.network = uri, pool, network
         self.domain_type = _checked_domain_type(
@@ -160,12 +165,19 @@ class LibvirtCompute(ComputeDriver):
         self.boot = Boot(**boot) if boot else None
         self.shutdown_timeout = shutdown_timeout
         self.backup_pool = backup_pool
+        self.boot_banner, self.verify_timeout = boot_banner, verify_timeout
         self._connection: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(5)  # libvirtd serves 5 calls per client
         snapshots = {Capability.SNAPSHOT} if self.is_test or base_volume else set()
         wire = set() if self.is_test else {Capability.BIND_ADDRESSES}  # nwfilter needs libvirtd
-        backups = {Capability.BACKUP} if backup_pool and not self.is_test else set()
+        backups = (
+            {Capability.BACKUP, Capability.RESTORE_BACKUP}
+            if backup_pool and not self.is_test
+            else set()
+        )
+        if backups and boot_banner:  # a boot is judged by what the guest prints
+            backups.add(Capability.VERIFY_BACKUP)
         self.capabilities = BASE_CAPABILITIES | snapshots | wire | backups
 
     @property
@@ -305,9 +317,11 @@ class LibvirtCompute(ComputeDriver):
         )
 
     def _os_xml(self, ref: ServiceRef) -> str:
+        """The lab guest's marker is its name unless the inventory's command line names one."""
         if self.boot is None:
             return "<os><type>hvm</type><boot dev='hd'/></os>"
-        cmdline = escape(f"{self.boot.cmdline} lab.marker={ref.name}")
+        marker = "" if "lab.marker=" in self.boot.cmdline else f" lab.marker={ref.name}"
+        cmdline = escape(f"{self.boot.cmdline}{marker}")
         return (
             f"<os><type arch='x86_64'>hvm</type><kernel>{escape(self.boot.kernel)}</kernel>"
             f"<initrd>{escape(self.boot.initrd)}</initrd><cmdline>{cmdline}</cmdline></os>"
@@ -378,7 +392,7 @@ class LibvirtCompute(ComputeDriver):
         pool = conn.storagePoolLookupByName(self.pool_name)
         refreshed = _refreshed(pool)
         listed = self._volume_name(ref) in pool.listVolumes()
-        listed |= bool(self._backup_volumes(conn, ref, refresh=True))
+        listed |= bool(self._backup_files(conn, ref, refresh=True))
         gone = self._domain(conn, ref) is None and self._volume(conn, ref) is None
         listing = "refreshed pool listing" if refreshed else "pool listing (refresh refused)"
         return {"verified_absent": gone and not listed, "verified_by": listing}
@@ -475,7 +489,9 @@ class LibvirtCompute(ComputeDriver):
         A running guest is copied by libvirt's push-mode backup job (QEMU copies
         a point-in-time view while the guest writes on); a stopped one by a
         volume clone. The copy's SHA-256, read back through libvirt, is the
-        evidence that it was written whole.
+        evidence that it was written whole; it is also kept beside the copy
+        (``<backup>.sha256``) so that a later restore or verification can tell
+        a copy that rotted or was tampered with from the one taken.
         """
         self.require(Capability.BACKUP)
         with self._call(f"back up {ref.name}") as conn:
@@ -483,7 +499,8 @@ class LibvirtCompute(ComputeDriver):
             if volume is None:
                 raise PermanentError(f"{ref.name} has no volume to back up")
             pool = conn.storagePoolLookupByName(str(self.backup_pool))
-            name = f"{ref.name}{BACKUP_SEPARATOR}{time.strftime(BACKUP_STAMP, time.gmtime())}.qcow2"
+            stamp = time.strftime(BACKUP_STAMP, time.gmtime())
+            name = f"{ref.name}{BACKUP_SEPARATOR}{stamp}{BACKUP_SUFFIX}"
             domain = self._domain(conn, ref)
             if domain is not None and domain.isActive():
                 _push_backup(domain, f"{_pool_path(pool)}/{name}")
@@ -491,7 +508,9 @@ class LibvirtCompute(ComputeDriver):
                 copy = pool.storageVolLookupByName(name)
             else:
                 copy = pool.createXMLFrom(_copy_xml(name, volume), volume, 0)
-            evidence = {"backup": name, "bytes": copy.info()[1], "sha256": _sha256(conn, copy)}
+            digest = _sha256(conn, copy)
+            _write_checksum(conn, pool, name, digest)
+            evidence = {"backup": name, "bytes": copy.info()[1], "sha256": digest}
             return Outcome(True, self._observe(conn, ref), f"backup {name}", evidence)
 
     def backups(self, ref: ServiceRef) -> list[BackupCopy]:
@@ -506,15 +525,18 @@ class LibvirtCompute(ComputeDriver):
     def delete_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
         self.require(Capability.BACKUP)
         with self._call(f"delete backup {backup_id}") as conn:
-            by_name = {v.name(): v for v in self._backup_volumes(conn, ref)}
-            if backup_id not in by_name:
+            by_name = {v.name(): v for v in self._backup_files(conn, ref)}
+            if backup_id not in by_name or not backup_id.endswith(BACKUP_SUFFIX):
                 return Outcome(False, self._observe(conn, ref), f"no backup {backup_id}")
             by_name[backup_id].delete(0)
+            if (sidecar := by_name.get(backup_id + CHECKSUM_SUFFIX)) is not None:
+                sidecar.delete(0)
             return Outcome(True, self._observe(conn, ref), f"deleted {backup_id}")
 
-    def _backup_volumes(
+    def _backup_files(
         self, conn: libvirt.virConnect, ref: ServiceRef, refresh: bool = False
     ) -> list[libvirt.virStorageVol]:
+        """The service's volumes in the backup pool: copies and their checksum sidecars."""
         if not self.backup_pool:
             return []
         pool = conn.storagePoolLookupByName(self.backup_pool)
@@ -523,13 +545,261 @@ class LibvirtCompute(ComputeDriver):
         prefix = f"{ref.name}{BACKUP_SEPARATOR}"
         return [v for v in pool.listAllVolumes(0) if v.name().startswith(prefix)]
 
+    def _backup_volumes(
+        self, conn: libvirt.virConnect, ref: ServiceRef, refresh: bool = False
+    ) -> list[libvirt.virStorageVol]:
+        files = self._backup_files(conn, ref, refresh)
+        return [v for v in files if v.name().endswith(BACKUP_SUFFIX)]
+
     def _delete_backups(self, conn: libvirt.virConnect, ref: ServiceRef) -> list[str]:
         """Backups are data too: a purge leaves none (they hold no secrets but the guest's)."""
         deleted = []
-        for volume in self._backup_volumes(conn, ref, refresh=True):
-            deleted.append(volume.name())
+        for volume in self._backup_files(conn, ref, refresh=True):
+            if volume.name().endswith(BACKUP_SUFFIX):
+                deleted.append(volume.name())
             volume.delete(0)
         return deleted
+
+    def _chosen_backup(
+        self, conn: libvirt.virConnect, ref: ServiceRef, backup_id: str
+    ) -> libvirt.virStorageVol:
+        """Only one of this service's own copies; anything else is refused before any change."""
+        by_name = {v.name(): v for v in self._backup_volumes(conn, ref, refresh=True)}
+        if backup_id not in by_name:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise PermanentError(f"{ref.name} has no backup {backup_id!r} (it has: {known})")
+        return by_name[backup_id]
+
+    def _checksum(self, conn: libvirt.virConnect, copy: libvirt.virStorageVol) -> dict[str, Any]:
+        """The copy's SHA-256 now, and whether it is the one recorded when it was taken."""
+        pool = conn.storagePoolLookupByName(str(self.backup_pool))
+        recorded = _read_checksum(conn, pool, copy.name())
+        digest = _sha256(conn, copy)
+        if recorded is None:
+            verdict = "not recorded"
+        else:
+            verdict = "match" if recorded == digest else "mismatch"
+        return {"sha256": digest, "sha256_recorded": recorded, "checksum": verdict}
+
+    def restore_backup(self, ref: ServiceRef, spec: MachineSpec, backup_id: str) -> Outcome:
+        """The service's machine and disk become the backup's; the backup itself stays.
+
+        The copy is checked against its recorded SHA-256 first: a copy that
+        changed since it was taken is refused, and the service's machine is
+        left as it was. Then the machine is stopped hard (its disk is being
+        replaced, so nothing it would write on the way down matters), its
+        volume is replaced by a full copy of the backup, and the domain is
+        defined anew from ``spec`` keeping the addresses it was bound to.
+        Should the copy fail half-way (a full pool), the service is left with
+        no machine and the backup intact: the same call, retried, finishes it.
+        """
+        self.require(Capability.RESTORE_BACKUP)
+        with self._call(f"restore {ref.name} from {backup_id}") as conn:
+            copy = self._chosen_backup(conn, ref, backup_id)
+            checks = self._checksum(conn, copy)
+            if checks["checksum"] == "mismatch":
+                raise PermanentError(
+                    f"backup {backup_id} of {ref.name} is not the copy taken (SHA-256 "
+                    f"{checks['sha256']}, recorded {checks['sha256_recorded']}): not restored"
+                )
+            if (image := _volume_format(copy)) != "qcow2":
+                raise PermanentError(
+                    f"backup {backup_id} of {ref.name} is no qcow2 image any more (libvirt "
+                    f"reads it as {image}): not restored"
+                )
+            bound = self._retire_machine(conn, ref)
+            addresses = spec.addresses or bound
+            pool = conn.storagePoolLookupByName(self.pool_name)
+            if (old := self._volume(conn, ref)) is not None:
+                old.delete(0)
+            pool.createXMLFrom(self._restored_xml(ref, copy), copy, 0)
+            domain = conn.defineXML(self._domain_xml(conn, ref, spec))
+            if addresses and Capability.BIND_ADDRESSES in self.capabilities:
+                _ensure_quarantine_filter(conn)
+                _rewrite_interfaces(domain, lambda i: _with_filter(i, addresses), live=False)
+            _start(domain)
+            _autostart(domain, True)
+            evidence = {"backup": backup_id, **checks, "volume": self._volume_name(ref)}
+            detail = f"restored from {backup_id}"
+            return Outcome(True, self._observe(conn, ref), detail, evidence)
+
+    def _retire_machine(self, conn: libvirt.virConnect, ref: ServiceRef) -> tuple[str, ...]:
+        """Stop and undefine the service's domain; returns the addresses it was bound to."""
+        domain = self._domain(conn, ref)
+        if domain is None:
+            return ()
+        addresses = _bound_addresses(domain) or ()
+        if domain.isActive():
+            domain.destroy()
+        _undefine(domain)
+        return addresses
+
+    def _restored_xml(self, ref: ServiceRef, copy: libvirt.virStorageVol) -> str:
+        """A flat volume (no backing file): the backup already holds the whole disk."""
+        disk_format = "qcow2" if self.base_volume else "raw"
+        return (
+            f"<volume><name>{escape(self._volume_name(ref))}</name>"
+            f"<capacity unit='bytes'>{copy.info()[1]}</capacity>"
+            f"<target><format type='{disk_format}'/></target></volume>"
+        )
+
+    def verify_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        """A test restore that never touches the service's own machine.
+
+        The copy's SHA-256 is compared with the one recorded when it was taken
+        (a mismatch fails the verification without booting), and a copy that no
+        longer reads as qcow2 fails it too. Then a scratch
+        machine ``scratch-<service>-<n>`` boots from a throwaway qcow2 overlay
+        on top of the copy, so the boot writes nothing into the backup; it has
+        no network interface, so it cannot clash with the live guest's
+        addresses; it is transient and started with auto-destroy, so even a
+        crash of this process takes it down. It passes when its console shows
+        ``boot_banner`` within ``verify_timeout`` seconds. The scratch domain
+        and overlay are removed whatever happened, and their absence checked.
+        """
+        self.require(Capability.VERIFY_BACKUP)
+        with self._call(f"verify backup {backup_id} of {ref.name}") as conn:
+            copy = self._chosen_backup(conn, ref, backup_id)
+            evidence: dict[str, Any] = {"backup": backup_id, **self._checksum(conn, copy)}
+            image = _volume_format(copy)
+            if evidence["checksum"] == "mismatch":
+                evidence.update(booted=False, scratch=None, checked=["sha256"])
+            elif image != "qcow2":  # QEMU could not even open it as the disk it was
+                evidence.update(booted=False, scratch=None, checked=["sha256", "format"])
+                evidence["why"] = f"the copy is no qcow2 image (libvirt reads it as {image})"
+            else:
+                evidence.update(self._boot_scratch(conn, ref, copy))
+            evidence["verified"] = bool(evidence["booted"]) and evidence["checksum"] != "mismatch"
+            verdict = "verified" if evidence["verified"] else "FAILED verification"
+            detail = f"backup {backup_id} {verdict}: checksum {evidence['checksum']}, " + (
+                "booted" if evidence["booted"] else "did not boot"
+            )
+            return Outcome(False, self._observe(conn, ref), detail, evidence)
+
+    def _boot_scratch(
+        self, conn: libvirt.virConnect, ref: ServiceRef, copy: libvirt.virStorageVol
+    ) -> dict[str, Any]:
+        overlay = self._scratch_overlay(conn, ref, copy)
+        name = overlay.name().removesuffix(".qcow2")
+        started = time.monotonic()
+        result: dict[str, Any] = {"scratch": name}
+        domain: libvirt.virDomain | None = None
+        try:
+            vcpus, memory_mib = self._scratch_size(conn, ref)
+            xml = self._scratch_xml(ref, name, overlay, vcpus, memory_mib)
+            domain, booted, console = self._start_scratch(conn, xml)
+            result.update(booted=booted)
+            if not booted:
+                result["console_tail"] = console
+        finally:
+            self._remove_scratch(conn, name, domain, overlay)
+        result.update(
+            seconds=round(time.monotonic() - started, 1),
+            checked=["sha256", "format", f"console shows {self.boot_banner!r} within "
+                     f"{self.verify_timeout:g}s", "scratch removed"],
+            scratch_removed=True,
+        )
+        return result
+
+    def _scratch_overlay(
+        self, conn: libvirt.virConnect, ref: ServiceRef, copy: libvirt.virStorageVol
+    ) -> libvirt.virStorageVol:
+        """The first free ``scratch-<service>-<n>``: creating the volume is what claims it."""
+        pool = conn.storagePoolLookupByName(self.pool_name)
+        capacity, path = copy.info()[1], escape(copy.path())
+        for n in range(1, SCRATCH_ATTEMPTS + 1):
+            name = f"scratch-{ref.service_id}-{n}"
+            with suppress(libvirt.libvirtError):
+                conn.lookupByName(name)
+                continue
+            try:
+                return pool.createXML(
+                    f"<volume><name>{escape(name)}.qcow2</name>"
+                    f"<capacity unit='bytes'>{capacity}</capacity>"
+                    "<target><format type='qcow2'/></target><backingStore>"
+                    f"<path>{path}</path><format type='qcow2'/></backingStore></volume>",
+                    0,
+                )
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_STORAGE_VOL_EXIST:
+                    raise
+        raise TemporaryError(f"no free scratch name for {ref.name}: too many verifications")
+
+    def _scratch_size(self, conn: libvirt.virConnect, ref: ServiceRef) -> tuple[int, int]:
+        """The live machine's size when there is one (read only), else the default package."""
+        domain = self._domain(conn, ref)
+        vcpus, memory_mib = _configured_size(domain) if domain is not None else (0, 0)
+        default = MachineSpec()
+        return vcpus or default.vcpus, memory_mib or default.memory_mib
+
+    def _scratch_xml(
+        self,
+        ref: ServiceRef,
+        name: str,
+        overlay: libvirt.virStorageVol,
+        vcpus: int,
+        memory_mib: int,
+    ) -> str:
+        """The service's boot, on the overlay, with no interface and a console we can read."""
+        return (
+            f"<domain type='{self.domain_type}'><name>{escape(name)}</name>"
+            f"<memory unit='MiB'>{memory_mib}</memory><vcpu>{vcpus}</vcpu>"
+            f"{self._os_xml(ref)}<on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>"
+            "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='{escape(overlay.path())}'/><target dev='vda' bus='virtio'/></disk>"
+            "<serial type='pty'><target port='0'/></serial>"
+            "<console type='pty'><target type='serial' port='0'/></console></devices></domain>"
+        )
+
+    def _start_scratch(
+        self, conn: libvirt.virConnect, xml: str
+    ) -> tuple[libvirt.virDomain | None, bool, str]:
+        """Started paused, its console opened, then let run: no early line is missed.
+
+        QEMU refusing to start it (an unreadable copy) is a failed boot, not an error.
+        """
+        flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
+        try:
+            domain = conn.createXML(xml, flags)
+        except libvirt.libvirtError as exc:
+            if not self._alive(conn):
+                raise
+            return None, False, _without_credentials(str(exc.get_error_message()))
+        stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        try:
+            domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            domain.resume()
+            booted, console = _await_banner(
+                stream, domain, str(self.boot_banner), self.verify_timeout
+            )
+        finally:
+            with suppress(libvirt.libvirtError):
+                stream.abort()
+        return domain, booted, console
+
+    def _remove_scratch(
+        self,
+        conn: libvirt.virConnect,
+        name: str,
+        domain: libvirt.virDomain | None,
+        overlay: libvirt.virStorageVol,
+    ) -> None:
+        """Whatever happened: the scratch domain and its overlay go, and are seen gone."""
+        if domain is not None:
+            with suppress(libvirt.libvirtError):
+                domain.destroy()
+        with suppress(libvirt.libvirtError):
+            conn.lookupByName(name).destroy()
+        overlay.delete(0)
+        left = []
+        with suppress(libvirt.libvirtError):
+            conn.lookupByName(name)
+            left.append(f"domain {name}")
+        pool = conn.storagePoolLookupByName(self.pool_name)
+        if f"{name}.qcow2" in pool.listVolumes():
+            left.append(f"volume {name}.qcow2")
+        if left:
+            raise PermanentError(f"scratch machine not removed: {', '.join(left)}")
 
     def snapshot(self, ref: ServiceRef, name: str) -> Outcome:
         """Internal snapshots: they live inside the volume, so a purge destroys them too."""
@@ -755,6 +1025,83 @@ def _sha256(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> str:
             digest.update(data)
     stream.finish()
     return digest.hexdigest()
+
+
+def _write_checksum(
+    conn: libvirt.virConnect, pool: libvirt.virStoragePool, backup: str, digest: str
+) -> None:
+    """Through libvirt (a volume upload), so a remote hypervisor's pool keeps it too."""
+    data = digest.encode()
+    name = escape(backup + CHECKSUM_SUFFIX)
+    volume = pool.createXML(
+        f"<volume><name>{name}</name><capacity unit='bytes'>{len(data)}</capacity>"
+        "<target><format type='raw'/></target></volume>",
+        0,
+    )
+    stream = conn.newStream(0)
+    volume.upload(stream, 0, len(data), 0)
+    stream.send(data)
+    stream.finish()
+
+
+def _read_checksum(
+    conn: libvirt.virConnect, pool: libvirt.virStoragePool, backup: str
+) -> str | None:
+    """The SHA-256 recorded when ``backup`` was taken; None for a copy taken without one."""
+    try:
+        volume = pool.storageVolLookupByName(backup + CHECKSUM_SUFFIX)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+            return None
+        raise
+    stream = conn.newStream(0)
+    volume.download(stream, 0, 64, 0)
+    chunks = []
+    while (data := stream.recv(64)) not in (b"", None):
+        if isinstance(data, bytes):
+            chunks.append(data)
+    stream.finish()
+    text = b"".join(chunks).decode(errors="replace").strip()
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else f"unreadable: {text[:16]!r}"
+
+
+def _await_banner(
+    stream: libvirt.virStream, domain: libvirt.virDomain, banner: str, timeout: float
+) -> tuple[bool, str]:
+    """Read the console until ``banner`` shows, the guest dies, or ``timeout`` passes.
+
+    Returns whether it showed, and the console's last 400 characters (for a failure's record).
+    """
+    seen = b""
+    wanted = banner.encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = stream.recv(4096)
+        if data == -2:  # nothing yet (a non-blocking stream)
+            if not _still_running(domain):
+                break
+            time.sleep(0.2)
+            continue
+        if not isinstance(data, bytes) or not data:
+            break  # the console closed: QEMU went away
+        seen = (seen + data)[-(len(wanted) + 4096) :]
+        if wanted in seen:
+            return True, ""
+    return False, seen.decode(errors="replace")[-400:]
+
+
+def _volume_format(volume: libvirt.virStorageVol) -> str:
+    """The format libvirt probed in the file itself (a backup pool lists what it finds)."""
+    found = re.search(r"<target>.*?<format type=['\"](\w+)['\"]", volume.XMLDesc(0), re.S)
+    return found.group(1) if found else "unknown"
+
+
+def _still_running(domain: libvirt.virDomain) -> bool:
+    """A transient domain whose QEMU died is gone altogether, which is not running either."""
+    try:
+        return bool(domain.isActive())
+    except libvirt.libvirtError:
+        return False
 
 
 def _backup_time(name: str) -> datetime:

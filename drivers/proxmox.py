@@ -16,6 +16,13 @@ nodes without the orchestrator noticing. The lifecycle maps to Proxmox as:
                its disks
     restore    a new VM from the newest archive (``POST /nodes/{node}/qemu``
                with ``archive``), started
+    restore a  the VM stopped and restored over (``archive`` with ``force=1``,
+    backup     same vmid; PVE destroys the old disks), or a new VM when there
+               is none, started
+    verify a   qmrestore to a scratch vmid from ``/cluster/nextid`` named
+    backup     ``scratch-<service>-<vmid>``, new MACs, its network devices
+               removed before it starts; started, seen running, stopped and
+               destroyed with its disks, and its absence checked
     purge      destroy the VM if any, delete every backup of the service on
                every storage of the cluster (protection lifted first), then
                scan every storage again: the evidence lists what was deleted
@@ -50,7 +57,7 @@ from drivers.base import (
     TemporaryError,
     Unsupported,
 )
-from drivers.proxmox_api import PveApi
+from drivers.proxmox_api import PveApi, TaskFailed
 from orchestrator.credentials import resolve
 
 IPSET = "ipfilter-net0"
@@ -95,6 +102,8 @@ class ProxmoxCompute(ComputeDriver):
             Capability.RESIZE,
             Capability.BIND_ADDRESSES,
             Capability.BACKUP,
+            Capability.RESTORE_BACKUP,
+            Capability.VERIFY_BACKUP,
         }
     )
 
@@ -396,6 +405,112 @@ class ProxmoxCompute(ComputeDriver):
         return Outcome(True, self._observe(guest), f"snapshot {name} deleted")
 
     # --- backups -------------------------------------------------------------------
+
+    def _chosen_backup(self, ref: ServiceRef, backup_id: str) -> BackupCopy:
+        """Only one of this service's own backups (by its notes); else refused, nothing changed."""
+        found = {b.backup_id: b for b in self.backups(ref)}
+        if backup_id not in found:
+            known = ", ".join(sorted(found)) or "none"
+            raise PermanentError(f"{ref.name} has no backup {backup_id!r} (it has: {known})")
+        return found[backup_id]
+
+    def restore_backup(self, ref: ServiceRef, spec: MachineSpec, backup_id: str) -> Outcome:
+        """The VM becomes the backup's (config and disks); the archive stays.
+
+        Over the existing VM when the archive is on its node (``force=1``: PVE
+        destroys the old disks); a VM on another node is destroyed first and the
+        archive restored on the archive's node under the same vmid, as a local
+        archive cannot be read from elsewhere; no VM at all, a new vmid.
+        """
+        backup = self._chosen_backup(ref, backup_id)
+        node = _volume_node(backup.backup_id) or self._placement(spec)[1]
+        options: dict[str, Any] = {"archive": _volid(backup.backup_id), "storage": self.storage}
+        guest = self._guest(ref)
+        if guest is not None and self._observe(guest).power != Power.OFF:
+            self._power(guest, "stop")
+        if guest is not None and guest.node == node:
+            options["force"] = 1
+        elif guest is not None:
+            self._destroy(guest)
+        vmid = guest.vmid if guest is not None else int(self.api.get("cluster/nextid"))
+        self.api.task(f"restore {ref.name} from {backup_id}",
+                      lambda: self.api.post(f"nodes/{node}/qemu", vmid=vmid, **options))
+        restored = Guest(node, vmid)
+        if spec.addresses:
+            self._bind(restored, spec.addresses)
+        self._start(restored)
+        evidence = {"backup": backup_id, "vmid": vmid, "node": node,
+                    "over_existing": bool(options.get("force"))}
+        return Outcome(True, self._observe(restored), f"VM {vmid} restored from {backup_id}",
+                       evidence)
+
+    def verify_backup(self, ref: ServiceRef, backup_id: str) -> Outcome:
+        """A test restore into a scratch VM that never shares anything with the service's VM.
+
+        The scratch gets its own vmid, a name of its own from the start (an
+        override of the restore, so the service's name never points at two
+        VMs), new MAC addresses, and no network device, so it cannot clash with
+        the live VM. It passes when qmrestore and qm start succeed and PVE then
+        reports it running; it is stopped and destroyed with its disks whatever
+        happened, and its absence is checked.
+        """
+        backup = self._chosen_backup(ref, backup_id)
+        node = _volume_node(backup.backup_id) or self._any_node()
+        vmid = int(self.api.get("cluster/nextid"))
+        scratch = Guest(node, vmid)
+        name = f"scratch-{ref.service_id}-{vmid}"
+        evidence: dict[str, Any] = {"backup": backup_id, "scratch": name, "vmid": vmid,
+                                    "node": node}
+        try:
+            evidence.update(self._boot_scratch(scratch, name, backup))
+        finally:
+            evidence["scratch_removed"] = self._remove_scratch(scratch, name)
+        evidence["verified"] = evidence["booted"]
+        verdict = "verified" if evidence["booted"] else "FAILED verification"
+        detail = f"backup {backup_id} {verdict}: " + (
+            "booted" if evidence["booted"] else f"did not boot ({evidence['why']})"
+        )
+        return Outcome(False, self.inspect(ref), detail, evidence)
+
+    def _boot_scratch(self, scratch: Guest, name: str, backup: BackupCopy) -> dict[str, Any]:
+        """A failed task is the backup failing, reported; any other error is raised."""
+        checked = ["qmrestore task", "network devices removed", "qm start task", "status running"]
+        try:
+            self.api.task(
+                f"restore {name}",
+                lambda: self.api.post(
+                    f"nodes/{scratch.node}/qemu", vmid=scratch.vmid,
+                    archive=_volid(backup.backup_id), storage=self.storage, unique=1, name=name,
+                ),
+            )
+            nets = [k for k in self.api.get(f"{scratch.path}/config") if re.fullmatch(r"net\d+", k)]
+            if nets:
+                self.api.put(f"{scratch.path}/config", delete=",".join(nets))
+            self._power(scratch, "start")
+        except TaskFailed as exc:
+            return {"booted": False, "why": str(exc), "checked": checked}
+        status = self.api.get(f"{scratch.path}/status/current")
+        booted = status.get("status") == "running" and status.get("qmpstatus") == "running"
+        why = {} if booted else {"why": f"status {status.get('status')}/{status.get('qmpstatus')}"}
+        return {"booted": booted, "checked": checked, **why}
+
+    def _remove_scratch(self, scratch: Guest, name: str) -> bool:
+        """Stopped, destroyed with its disks, and then looked for: never left behind silently."""
+        found = [vm for vm in self.api.get("cluster/resources", type="vm")
+                 if int(vm["vmid"]) == scratch.vmid]
+        if found and found[0].get("name") == name:  # never another VM that took the vmid
+            if self._observe(scratch).power != Power.OFF:
+                self._power(scratch, "stop")
+            self._destroy(scratch)
+        left = [f"vm {vm['vmid']}" for vm in self.api.get("cluster/resources", type="vm")
+                if vm.get("name") == name
+                or (int(vm["vmid"]) == scratch.vmid and not vm.get("name"))]
+        for node, storage in self._storages("images"):
+            left += [item["volid"] for item in self.api.get(
+                f"nodes/{node}/storage/{storage}/content", vmid=scratch.vmid)]
+        if left:
+            raise PermanentError(f"scratch {name} not removed: {', '.join(left)}")
+        return True
 
     def backup(self, ref: ServiceRef) -> Outcome:
         guest = self._require(ref)

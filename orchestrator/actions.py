@@ -224,7 +224,7 @@ def _verify_backup(context: Context, step: StepRow, ref: ServiceRef) -> dict[str
     backup_id = json.loads(step.params).get("backup_id") or _newest_backup(context, ref)
     outcome = context.driver.verify_backup(ref, backup_id)
     record = {**_record(outcome), "backup_id": backup_id}
-    if outcome.evidence.get("booted") is not True:
+    if outcome.evidence.get("verified") is not True:  # booted, and the checksum held
         raise PermanentError(f"backup {backup_id} of {ref.name} failed its test restore: {record}")
     return record
 

@@ -662,7 +662,7 @@ class Orchestrator:
             StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE
         )
         with self.sessions() as session:
-            found = sorted(set(session.execute(query).tuples()))
+            found = sorted({(str(s), str(h)) for s, h in session.execute(query)})
         bootable = [
             service_id
             for service_id, host in found

@@ -4,8 +4,11 @@ Where PVE refuses decides how: checks PVE makes before ``fork_worker`` are HTTP 
 the message as reason (clone's ``load_and_check``, destroy's "is running", suspend/reboot
 "not running", a sync config ``PUT`` on a locked guest: "VM is locked (backup)"); checks
 made inside the worker fail the task ("VM 100 already running" for start, a lock met by
-start/stop/resize/snapshot/destroy). Simplifications: config changes apply at once (no
-``pending`` section); disks are size bookkeeping only; no HA, pools or replication.
+start/stop/resize/snapshot/destroy). A restore with ``force`` over an existing VM is
+refused while it runs or is protected ("unable to restore VM 100 - vm is running") and
+destroys its old disks in the worker, as ``restore_vma_archive`` does. Simplifications:
+config changes apply at once (no ``pending`` section); disks are size bookkeeping only;
+no HA, pools or replication.
 """
 
 from __future__ import annotations
@@ -255,11 +258,16 @@ def create(call: Call) -> str:
         raise fail(f"unable to {what} VM {vmid} - VM {vmid} already exists on node "
                    f"'{existing.node}'")
     backup = _archive(cluster, node, archive) if archive else None
+    if existing is not None:
+        _check_overwrite(existing)
 
     def begin(task: Task) -> None:
         cluster.guests[vmid] = Guest(vmid, node, {"lock": "create"})
 
     def finish(task: Task) -> None:
+        if existing is not None:  # restore_vma_archive: "destroy existing data"
+            task.say(f"destroy existing data of VM {vmid}")
+            _drop_disks(cluster, vmid)
         cfg = dict(backup.config or {}) if backup else {}
         cfg.update({k: _text(v) for k, v in call.params.items() if k not in META})
         guest = Guest(vmid, node, cfg)
@@ -278,6 +286,22 @@ def create(call: Call) -> str:
 
     return call.tasks.start(node, "qmrestore" if archive else "qmcreate", vmid,
                             call.caller.userid, begin, finish)
+
+
+def _check_overwrite(existing: Guest) -> None:
+    """``create_vm``'s ``restorefn`` over an existing VM (``force``): before the worker forks."""
+    emsg = f"unable to restore VM {existing.vmid} -"
+    if existing.config.get("protection") == "1":
+        raise fail(f"{emsg} protection mode enabled")
+    if existing.status == "running":
+        raise fail(f"{emsg} vm is running")
+    existing.check_lock()
+
+
+def _drop_disks(cluster: Cluster, vmid: int) -> None:
+    for (node, volid), volume in list(cluster.volumes.items()):
+        if volume.content == "images" and volume.vmid == vmid:
+            del cluster.volumes[(node, volid)]
 
 
 def _archive(cluster: Cluster, node: str, volid: str) -> Volume:
@@ -300,9 +324,7 @@ def destroy(call: Call) -> str:
         guest.config["lock"] = "destroyed"
 
     def finish(task: Task) -> None:
-        for (node, volid), volume in list(cluster.volumes.items()):
-            if volume.content == "images" and volume.vmid == guest.vmid:
-                del cluster.volumes[(node, volid)]
+        _drop_disks(cluster, guest.vmid)
         if call.flag("purge"):
             task.say(f"purging VM {guest.vmid} from related configurations..")
         cluster.guests.pop(guest.vmid, None)

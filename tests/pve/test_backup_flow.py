@@ -19,7 +19,7 @@ from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory
 from orchestrator.policy import Policy
 from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import ServiceRow, StepRow
+from orchestrator.store.models import NotificationRow, ServiceRow, StepRow
 from tests.conftest import created, events, wib
 
 HOST = "pve-flow"
@@ -157,3 +157,27 @@ def test_a_backup_that_cannot_fit_is_reported_before_its_window(
     (unfit,) = planned.plan.unfit
     assert unfit.job.service_id == sid and "window" in unfit.reason
     assert _backup_steps(orch, sid) == []
+
+
+def test_an_operator_verifies_and_restores_a_chosen_backup_through_the_journal(
+    pve: PveLab, secret: Path, policies: dict[str, Policy], tmp_path: Path
+) -> None:
+    orch, sid, step = _scheduled(pve, secret, policies, tmp_path)
+    assert step.not_before is not None
+    pve.set_clock(step.not_before)
+    orch.apply(step.not_before + timedelta(minutes=1))
+    (volid,) = _copies(pve, sid)
+    later = step.not_before + timedelta(hours=6)
+    (checked,) = orch.verify_sample(later, count=5, seed=1)
+    assert checked.kind == "verify_backup" and checked.state == journal.DONE
+    vms = [v["name"] for v in pve.client().cluster.resources.get(type="vm")]
+    assert not [name for name in vms if str(name).startswith("scratch-")]
+    restored = orch.restore_backup(sid, f"pve1/{volid}", later + timedelta(minutes=5))
+    assert restored.state == journal.DONE, restored.detail
+    assert [v for v in pve.client().cluster.resources.get(type="vm")
+            if v.get("name") == f"svc-{sid}" and v.get("status") == "running"]
+    with orch.sessions() as session:
+        kinds = [n.kind for n in session.query(NotificationRow).filter_by(service_id=sid)]
+    assert "service.restored_from_backup" in kinds
+    with pytest.raises(KeyError):  # the same request twice at the same moment is one step
+        orch.restore_backup(sid, f"pve1/{volid}", later + timedelta(minutes=5))

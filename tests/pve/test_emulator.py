@@ -460,3 +460,28 @@ def test_prune_marks_equal_the_orchestrators_rules(pve: PveLab, guest: int) -> N
            **{"prune-backups": rules})
     left = api("GET", "/nodes/pve1/storage/local/content", content="backup", vmid=guest)
     assert {b["volid"] for b in left} == {k for k, m in expected.items() if m != "remove"}
+
+
+def test_a_forced_restore_over_a_vm_refuses_a_running_one_and_replaces_the_disks(
+    pve: PveLab, guest: int
+) -> None:
+    """``create_vm`` with ``archive`` and ``force``: refused while the VM runs, as PVE does."""
+    api = Api(pve)
+    api.ok("POST", "/nodes/pve1/vzdump", vmid=str(guest), storage="local", mode="stop")
+    (backup,) = api("GET", "/nodes/pve1/storage/local/content", content="backup", vmid=guest)
+    api.ok("POST", f"/nodes/pve1/qemu/{guest}/status/start")
+    over = {"vmid": str(guest), "archive": backup["volid"], "force": "1"}
+    running = send(pve, "POST", "/nodes/pve1/qemu", over)
+    assert (running.status_code, running.reason) == (
+        500, f"unable to restore VM {guest} - vm is running")
+    api.ok("POST", f"/nodes/pve1/qemu/{guest}/status/stop")
+    cores = api("GET", f"/nodes/pve1/qemu/{guest}/config")["cores"]
+    api("PUT", f"/nodes/pve1/qemu/{guest}/config", cores=cores + 2)
+    disks = api("GET", "/nodes/pve1/storage/local-lvm/content", vmid=guest)
+    restore = api.task("POST", "/nodes/pve1/qemu", vmid=guest, archive=backup["volid"], force=1,
+                       storage="local-lvm")
+    assert restore["exitstatus"] == "OK"
+    assert f"destroy existing data of VM {guest}" in restore["log"]
+    assert api("GET", f"/nodes/pve1/qemu/{guest}/config")["cores"] == cores
+    after = api("GET", "/nodes/pve1/storage/local-lvm/content", vmid=guest)
+    assert len(after) == len(disks)  # the old disks went; no orphan is left beside the new ones
