@@ -508,9 +508,11 @@ class LibvirtCompute(ComputeDriver):
                 copy = pool.storageVolLookupByName(name)
             else:
                 copy = pool.createXMLFrom(_copy_xml(name, volume), volume, 0)
+            if (image := _volume_format(copy)) != "qcow2":  # libvirt probes the file itself
+                raise PermanentError(f"backup {name} of {ref.name} reads as {image}, not qcow2")
             digest = _sha256(conn, copy)
             _write_checksum(conn, pool, name, digest)
-            evidence = {"backup": name, "bytes": copy.info()[1], "sha256": digest}
+            evidence = {"backup": name, "bytes": copy.info()[1], "sha256": digest, "image": image}
             return Outcome(True, self._observe(conn, ref), f"backup {name}", evidence)
 
     def backups(self, ref: ServiceRef) -> list[BackupCopy]:

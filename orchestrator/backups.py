@@ -21,6 +21,7 @@ from orchestrator.inventory import HostVars
 from orchestrator.lifecycle import Phase, Verdict
 from orchestrator.policy import Backups, Policy, ProductKind, ReasonOwner
 from orchestrator.prune import Backup, Decision, KeepRules, prune
+from orchestrator.reconcile import Action, StepSpec
 
 # Phases in which the machine exists and is the customer's to back up.
 LIVE_PHASES = frozenset({Phase.ACTIVE, Phase.GRACE, Phase.SUSPENDED, Phase.IPS_RECLAIMED})
@@ -92,6 +93,22 @@ def slot_key(slot: Slot, week_start: date) -> str:
     return f"{slot.job.service_id}:backup:{slot.job.frequency}:{when.isoformat()}"
 
 
+def step_for(slot: Slot, week_start: date) -> StepSpec:
+    """The journal step of one planned backup; it carries its window's end, so that a
+    backup that could not run in time knows it missed its window."""
+    window = slot.job.window
+    closes = slot.end if window is None else window.on(slot.day)[1]
+    params = {
+        "slot": slot.start.isoformat(),
+        "window_closes": closes.isoformat(),
+        "frequency": slot.job.frequency,
+    }
+    why = f"{slot.job.frequency} backup, window {window}" if window else "backup"
+    return StepSpec(
+        slot.job.service_id, Action.BACKUP, slot_key(slot, week_start), True, params, why
+    )
+
+
 def retention(copies: Sequence[BackupCopy], rules: KeepRules) -> list[Decision]:
     """Which copies stay, newest first; the termination archive is kept outside the rules."""
     kept_apart = [
@@ -112,5 +129,6 @@ __all__ = [
     "retention",
     "rules_of",
     "slot_key",
+    "step_for",
     "window_of",
 ]

@@ -37,7 +37,7 @@ from drivers.base import (
     load_network,
 )
 from orchestrator import actions, audit, backups, ipam, journal
-from orchestrator.backup_schedule import BackupJob, Limits, Plan, Slot, Week, Window, schedule_week
+from orchestrator.backup_schedule import BackupJob, Limits, Plan, Week, Window, schedule_week
 from orchestrator.credentials import resolve
 from orchestrator.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
 from orchestrator.evidence import Signer
@@ -597,7 +597,7 @@ class Orchestrator:
                 for slot in planned.plan.slots
                 if (
                     row := journal.schedule(
-                        session, _backup_step(slot, week_start), slot.job.host, now, slot.start
+                        session, backups.step_for(slot, week_start), slot.job.host, now, slot.start
                     )
                 )
                 is not None
@@ -770,21 +770,6 @@ def _addresses_by_service(session: Session) -> dict[str, tuple[str, ...]]:
     for service_id, address in session.execute(query):
         found[str(service_id)].append(address)
     return {k: tuple(sorted(v)) for k, v in found.items()}
-
-
-def _backup_step(slot: Slot, week_start: date) -> StepSpec:
-    window = slot.job.window
-    params = {
-        "slot": slot.start.isoformat(),
-        "window_closes": slot.end.isoformat()
-        if window is None
-        else window.on(slot.day)[1].isoformat(),
-        "frequency": slot.job.frequency,
-    }
-    why = f"{slot.job.frequency} backup, window {window}" if window else "backup"
-    return StepSpec(
-        slot.job.service_id, Action.BACKUP, backups.slot_key(slot, week_start), True, params, why
-    )
 
 
 def _missed_window(session: Session, step: StepRow, now: datetime) -> tuple[str, str] | None:

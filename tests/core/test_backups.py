@@ -129,3 +129,15 @@ def test_retention_in_proxmox_words_wins_over_keep() -> None:
                     window="22:00-02:00", clause=CLAUSE)
     assert rules.keep_rules() == KeepRules(daily=7, weekly=4)
     assert rules.window_times() == (time(22), time(2))
+
+
+def test_a_backup_step_knows_when_its_window_closes(policies: dict[str, Policy]) -> None:
+    facts = _facts(events(created("h5", policy="herza")))
+    job = backups.job_for(facts, policies["herza"], "h", HostVars(pool="lab-v4"), None)
+    assert job is not None
+    start = wib(2026, 12, 10, 1, 20)
+    spec = backups.step_for(Slot(job, date(2026, 12, 10), start, start + timedelta(minutes=30)),
+                            date(2026, 12, 7))
+    assert spec.action.value == "backup" and not spec.destructive
+    assert datetime.fromisoformat(spec.params["window_closes"]) == wib(2026, 12, 10, 5)
+    assert spec.key == "h5:backup:weekly:2026-12-07"

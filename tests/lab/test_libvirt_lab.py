@@ -252,6 +252,7 @@ def test_a_running_guest_is_backed_up_whole_and_purged_with_its_backups(
     data = copy.read_bytes()
     assert data[:4] == b"QFI\xfb" and f"LABDATA:svc-{sid}".encode() in data
     assert outcome.evidence["sha256"] == hashlib.sha256(data).hexdigest()
+    assert outcome.evidence["image"] == "qcow2"
     assert [b.backup_id for b in driver.backups(ref)] == [copy.name]
     orch.apply(wib(2026, 12, 9, 0, 1))  # terminated: the backup stays with the archive
     assert copy.exists()
