@@ -27,6 +27,8 @@ bridge=olab-br0
 disk_mib=${BOX_DISK_MIB:-64}
 # shellcheck source=lab/apt.sh
 source "$here/apt.sh"
+# shellcheck source=lab/sshd.sh
+source "$here/sshd.sh"
 
 make_secrets() {
   install -d -m 0700 "$secrets"
@@ -63,18 +65,7 @@ make_box() {
   ln -sfn "$(cat "$dir/device")" "$dir/disk"  # a stable name for the inventory's purge_devices
   [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh_host_ed25519_key"
   cp "$secrets/orchestrator_ed25519.pub" "$dir/authorized_keys"
-  cat > "$dir/sshd_config" <<EOF
-ListenAddress $address
-HostKey $dir/ssh_host_ed25519_key
-PidFile $dir/sshd.pid
-AuthorizedKeysFile $dir/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-StrictModes no
-Subsystem sftp /usr/lib/openssh/sftp-server
-UsePAM no
-EOF
+  write_sshd_config "$dir" "$address"
   [ -f "$dir/bootdev" ] || echo default > "$dir/bootdev"
   write_bmc "$n" "$dir"
   start_bmc "$n" "$dir"

@@ -34,6 +34,8 @@ inet=olab-inet
 gateway=203.0.113.1
 # shellcheck source=lab/apt.sh
 source "$here/apt.sh"
+# shellcheck source=lab/sshd.sh
+source "$here/sshd.sh"
 
 in_router() { ip netns exec "$router" "$@"; }
 
@@ -123,18 +125,7 @@ make_customer() {
 }
 
 start_sshd() {
-  cat > "$net_dir/sshd_config" <<EOF
-ListenAddress 10.78.0.2
-HostKey $net_dir/ssh_host_ed25519_key
-PidFile $net_dir/sshd.pid
-AuthorizedKeysFile $net_dir/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-StrictModes no
-Subsystem sftp /usr/lib/openssh/sftp-server
-UsePAM no
-EOF
+  write_sshd_config "$net_dir" 10.78.0.2
   if [ -f "$net_dir/sshd.pid" ] && kill -0 "$(cat "$net_dir/sshd.pid")" 2>/dev/null &&
      [ "$(ip netns identify "$(cat "$net_dir/sshd.pid")")" = "$router" ]; then
     return

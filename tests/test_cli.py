@@ -82,18 +82,23 @@ def test_apply_runs_what_is_due(cli) -> None:  # type: ignore[no-untyped-def]
     assert all(s["state"] == "done" for s in report["steps"])
 
 
-def test_steps_list_show_cancel_and_retry(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _closed_colocation(cli, tmp_path: Path, sid: str) -> None:  # type: ignore[no-untyped-def]
+    """A colocated box whose account closes on 1 December: its hand-over ladder starts."""
     closing = {
-        "id": "c1-closed",
-        "service": "c1",
+        "id": f"{sid}-closed",
+        "service": sid,
         "at": "2026-12-01T10:00:00+07:00",
         "data": {"type": "service.cancelled"},
     }
-    source = tmp_path / "colo.json"
+    source = tmp_path / f"{sid}.json"
     source.write_text(
-        json.dumps([created("c1", product="colocation", host="metal-jkt-1"), closing])
+        json.dumps([created(sid, product="colocation", host="metal-jkt-1"), closing])
     )
     cli("event", str(source), "--at", "2026-12-01T10:00:00+07:00")
+
+
+def test_steps_list_show_cancel_and_retry(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _closed_colocation(cli, tmp_path, "c1")
     cli("apply", "--at", "2027-03-02")
     steps = json.loads(cli("steps", "list", "--service", "c1", "--json"))
     (hand_over,) = [s for s in steps if s["kind"] == "hand_over"]
@@ -117,17 +122,7 @@ def test_notifications_list_and_replay(cli) -> None:  # type: ignore[no-untyped-
 
 
 def test_colo_due_lists_boxes_whose_hand_over_has_come(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    closing = {
-        "id": "c2-closed",
-        "service": "c2",
-        "at": "2026-12-01T10:00:00+07:00",
-        "data": {"type": "service.cancelled"},
-    }
-    source = tmp_path / "colo.json"
-    source.write_text(
-        json.dumps([created("c2", product="colocation", host="metal-jkt-1"), closing])
-    )
-    cli("event", str(source), "--at", "2026-12-01T10:00:00+07:00")
+    _closed_colocation(cli, tmp_path, "c2")
     assert json.loads(cli("colo", "due", "--at", "2027-02-28", "--json")) == []
     (due,) = json.loads(cli("colo", "due", "--at", "2027-03-02", "--json"))
     assert (due["service_id"], due["step"]) == ("c2", "not journaled")
