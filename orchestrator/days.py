@@ -9,7 +9,9 @@ whole number and a unit, the way the terms of service word them:
 - ``2bd``: business days: weekends and the policy's public holidays skipped
 - ``1mo``: calendar months ("1 calendar month after written notice")
 
-Offsets are never negative: a ladder only moves forward from its anchor.
+A negative offset (``-14d``) lies before its anchor: an invoice reminder 14
+days before the due date. Offsets are bounded (``MAX_COUNT``) so that no
+policy can push an instant past the calendar's end.
 Everything here is pure; the holiday tables are data shipped by the
 ``holidays`` package.
 """
@@ -35,9 +37,13 @@ class OffsetError(ValueError):
     """An offset that a policy cannot mean."""
 
 
+# About ten years in each unit: longer than any term of service asks for.
+MAX_COUNT: dict[str, int] = {"h": 87_600, "d": 3_660, "bd": 2_610, "mo": 120}
+
+
 @dataclass(frozen=True, order=True)
 class Offset:
-    """A non-negative distance from an anchor, in one unit."""
+    """A distance from an anchor, in one unit; negative lies before it."""
 
     count: int
     unit: Unit
@@ -50,10 +56,16 @@ class Offset:
                 f"{text!r} is not an offset: write a whole number and a unit, "
                 "h (hours), d (days), bd (business days) or mo (months), e.g. '5d'"
             )
-        count = int(match.group(1))
-        if count < 0:
-            raise OffsetError(f"{text!r} is negative: a ladder only moves forward from its anchor")
-        return cls(count, match.group(2))  # type: ignore[arg-type]
+        count, unit = int(match.group(1)), match.group(2)
+        if abs(count) > MAX_COUNT[unit]:
+            raise OffsetError(
+                f"{text!r} is too far: at most {MAX_COUNT[unit]}{unit} (about ten years)"
+            )
+        return cls(count, unit)  # type: ignore[arg-type]
+
+    @property
+    def negative(self) -> bool:
+        return self.count < 0
 
     def __str__(self) -> str:
         return f"{self.count}{self.unit}"
@@ -101,10 +113,12 @@ def _add_months(day: date, months: int) -> date:
 
 
 def _add_business_days(day: date, count: int, work: WorkCalendar) -> date:
-    while count > 0:
-        day += timedelta(days=1)
+    step = timedelta(days=1 if count >= 0 else -1)
+    remaining = abs(count)
+    while remaining > 0:
+        day += step
         if work.is_business_day(day):
-            count -= 1
+            remaining -= 1
     return day
 
 

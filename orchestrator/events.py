@@ -9,12 +9,14 @@ when it reached us.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -22,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from orchestrator.policy import ProductKind, ReasonOwner
@@ -29,6 +32,29 @@ from orchestrator.policy import ProductKind, ReasonOwner
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Billing speaks of this century: a date outside it is a typo or an attack, and
+# would put a service at once at the end of its ladder (or overflow a clock).
+EARLIEST, LATEST = date(2000, 1, 1), date(2099, 12, 31)
+# How far a due date or an end may lie from the event that names it.
+MAX_REACH_DAYS = 3660
+
+
+def _sane_day(day: date) -> date:
+    if not EARLIEST <= day <= LATEST:
+        window = f"{EARLIEST.isoformat()}..{LATEST.isoformat()}"
+        raise ValueError(f"{day.isoformat()} is outside {window}")
+    return day
+
+
+def _sane_moment(moment: datetime) -> datetime:
+    _sane_day(moment.date())
+    return moment
+
+
+Day = Annotated[date, AfterValidator(_sane_day)]
+Moment = Annotated[AwareDatetime, AfterValidator(_sane_moment)]
 
 
 class Spec(Strict):
@@ -46,7 +72,7 @@ class NewService(Strict):
     product: ProductKind
     host: str = Field(min_length=1)
     spec: Spec = Spec()
-    subscription_end: date | None = None
+    subscription_end: Day | None = None
 
 
 class ServiceCreated(NewService):
@@ -57,12 +83,12 @@ class ServiceCancelled(Strict):
     """The account is closed: the account_closure ladder starts at ``effective``."""
 
     type: Literal["service.cancelled"]
-    effective: AwareDatetime | None = None
+    effective: Moment | None = None
 
 
 class ServiceRenewed(Strict):
     type: Literal["service.renewed"]
-    until: date
+    until: Day
 
 
 class PackageChanged(Strict):
@@ -72,26 +98,42 @@ class PackageChanged(Strict):
 
 class InvoiceIssued(Strict):
     type: Literal["invoice.issued"]
-    invoice: str = Field(min_length=1)
-    due: date
+    invoice: str = Field(min_length=1, max_length=200)
+    due: Day
     amount: Decimal = Field(Decimal(0), ge=0)
 
 
 class InvoicePaid(Strict):
+    """Settles the invoice of that id, whenever either arrives; an unknown id is refused."""
+
     type: Literal["invoice.paid"]
-    invoice: str = Field(min_length=1)
+    invoice: str = Field(min_length=1, max_length=200)
+
+
+class InvoiceReversed(Strict):
+    """A payment taken back (unconfirmed after 24 h, a chargeback): the invoice is unpaid
+    again with its original due date, and the policy's ``reversal_grace`` before any step."""
+
+    type: Literal["invoice.reversed"]
+    invoice: str = Field(min_length=1, max_length=200)
+    reason: str = ""
 
 
 class DepositChanged(Strict):
+    """A prepaid deposit's balance, with the monthly bill (reminders are a share of it)
+    and the next period's charge (a balance that cannot cover it is insufficient)."""
+
     type: Literal["deposit.changed"]
-    balance: Decimal
+    balance: Decimal = Field(allow_inf_nan=False, max_digits=20)
+    monthly: Decimal | None = Field(None, gt=0, allow_inf_nan=False, max_digits=20)
+    next_charge: Decimal = Field(Decimal(0), ge=0, allow_inf_nan=False, max_digits=20)
 
 
 class HoldPlaced(Strict):
     type: Literal["hold.placed"]
     hold: str = Field(min_length=1, description="the hold's own id, to release it by")
     kind: str = Field(min_length=1, description="a hold kind named in the service's policy")
-    until: AwareDatetime | None = None
+    until: Moment | None = None
     reason: str = ""
 
 
@@ -116,6 +158,13 @@ class AdminUnsuspended(Strict):
     owner: ReasonOwner = ReasonOwner.ADMIN
 
 
+class ServiceReprovision(Strict):
+    """An operator (or billing) asks for a fresh machine for a service whose data was purged."""
+
+    type: Literal["service.reprovision"]
+    reason: str = ""
+
+
 Payload = Annotated[
     ServiceCreated
     | ServiceCancelled
@@ -123,12 +172,14 @@ Payload = Annotated[
     | PackageChanged
     | InvoiceIssued
     | InvoicePaid
+    | InvoiceReversed
     | DepositChanged
     | HoldPlaced
     | HoldReleased
     | AbuseReported
     | AdminSuspended
-    | AdminUnsuspended,
+    | AdminUnsuspended
+    | ServiceReprovision,
     Field(discriminator="type"),
 ]
 
@@ -138,14 +189,31 @@ class Event(Strict):
 
     id: str = Field(min_length=1, max_length=200)
     service: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-    at: AwareDatetime
+    at: Moment
     data: Payload
 
     _received: str | None = PrivateAttr(None)
 
+    @model_validator(mode="after")
+    def _dates_near_the_event(self) -> Event:
+        named = getattr(self.data, "due", None) or getattr(self.data, "until", None)
+        if isinstance(named, datetime):
+            named = named.date()
+        if isinstance(named, date) and abs((named - self.at.date()).days) > MAX_REACH_DAYS:
+            raise ValueError(
+                f"{named.isoformat()} is more than {MAX_REACH_DAYS} days from the event's "
+                f"time {self.at.date().isoformat()}"
+            )
+        return self
+
     @property
     def type(self) -> str:
         return self.data.type
+
+    @property
+    def digest(self) -> str:
+        """The body's fingerprint, whitespace and key order aside: a resend has the same."""
+        return body_digest(self.received)
 
     @property
     def received(self) -> str:
@@ -193,6 +261,11 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(part) for part in error["loc"])
         lines.append(f"event {loc}: {error['msg']}")
     return "\n".join(lines)
+
+
+def body_digest(received: str) -> str:
+    canonical = json.dumps(json.loads(received), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def event_json(event: Event) -> str:

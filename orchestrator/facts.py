@@ -1,10 +1,19 @@
-"""Facts: what billing has told us about one service, folded from its events.
+"""Facts: what billing has told us about one service, derived from its events.
 
-``derive_facts`` is a pure fold over a service's events in the order they
-happened. Facts keep only what the lifecycle needs: the anchors of the
-ladders (oldest unpaid due date, subscription end, deposit exhaustion,
-closure), holds, abuse strikes, operator suspensions, and the billing
-episodes that a payment ended (so the lifecycle can say what to undo).
+``derive_facts`` is a pure function of the *set* of a service's events: the
+order they arrived in does not matter, and neither does an accident of their
+timestamps. A payment dated a minute before its invoice (clock skew between
+billing nodes, a prepayment) settles that invoice all the same: invoices and
+payments are matched by id, never by which came first. Events are sorted by
+(time, type, id) before anything is folded, so every fold below sees one
+order for one set.
+
+Facts keep only what the lifecycle needs: the anchors of the ladders (oldest
+unpaid due date, subscription end, the deposit running short, closure),
+holds with their release, abuse strikes, operator suspensions, the billing
+episodes that a payment ended (so the lifecycle can say what to undo), and
+two things the engine adds from the journal and the review list (when the
+data was purged; unmatched payments, as ``review`` holds).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from orchestrator.events import (
@@ -25,11 +35,23 @@ from orchestrator.events import (
     HoldReleased,
     InvoiceIssued,
     InvoicePaid,
+    InvoiceReversed,
     PackageChanged,
     ServiceCancelled,
     ServiceCreated,
     ServiceRenewed,
+    ServiceReprovision,
 )
+
+# Ties in time are folded in this order: what exists before what acts on it.
+_PRECEDENCE = {
+    "service.created": 0,
+    "invoice.issued": 1,
+    "hold.placed": 2,
+    "invoice.paid": 3,
+    "invoice.reversed": 4,
+    "hold.released": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,7 @@ class Hold:
     kind: str
     placed_at: datetime
     until: datetime | None = None
+    released_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -49,27 +72,61 @@ class Episode:
 
 
 @dataclass(frozen=True)
+class DepositReading:
+    """A balance billing reported, with the charges it has to cover."""
+
+    at: datetime
+    balance: Decimal
+    monthly: Decimal | None = None
+    next_charge: Decimal = Decimal(0)
+
+    @property
+    def insufficient(self) -> bool:
+        return self.balance <= 0 or self.balance < self.next_charge
+
+
+@dataclass(frozen=True)
 class Facts:
     service_id: str
     customer: str = ""
     policy: str = ""
     product: str = ""
     host: str = ""
-    spec: dict[str, int] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
-    unpaid: dict[str, date] = field(default_factory=dict)
+    invoices: dict[str, date] = field(default_factory=dict)
+    settled: dict[str, datetime] = field(default_factory=dict)
+    reopened: dict[str, datetime] = field(default_factory=dict)
+    first_paid_at: datetime | None = None
     subscription_end: date | None = None
-    deposit_exhausted_at: datetime | None = None
+    deposit: tuple[DepositReading, ...] = ()
     closed_at: datetime | None = None
     holds: tuple[Hold, ...] = ()
     abuse: tuple[tuple[str, datetime], ...] = ()
     admin_suspensions: tuple[tuple[str, datetime], ...] = ()
     episodes: tuple[Episode, ...] = ()
+    reprovision_at: datetime | None = None
+    purged_at: datetime | None = None
     revision: int = 0
+
+    @property
+    def unpaid(self) -> dict[str, date]:
+        return {k: due for k, due in self.invoices.items() if k not in self.settled}
 
     @property
     def oldest_unpaid_due(self) -> date | None:
         return min(self.unpaid.values(), default=None)
+
+    @property
+    def deposit_short_at(self) -> datetime | None:
+        """When the balance last became too small for the next charge, if it still is."""
+        start = None
+        for reading in self.deposit:
+            if not reading.insufficient:
+                start = None
+            elif start is None:
+                start = reading.at
+        return start
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_encode, separators=(",", ":"))
@@ -80,19 +137,20 @@ class Facts:
 
 
 def derive_facts(service_id: str, events: Iterable[Event]) -> Facts:
-    facts = Facts(service_id)
-    for event in events:
-        facts = apply_event(facts, event)
-    return facts
+    """The facts of a set of events: any arrival order gives the same facts."""
+    ordered = sorted(events, key=_order)
+    facts = Facts(service_id, revision=len(ordered))
+    for event in ordered:
+        facts = _fold(facts, event)
+    return _with_payments(facts, ordered)
 
 
-def apply_event(facts: Facts, event: Event) -> Facts:
-    """One event's effect on the facts; ``revision`` counts the events taken."""
-    return _fold(replace(facts, revision=facts.revision + 1), event)
+def _order(event: Event) -> tuple[datetime, int, str]:
+    return event.at, _PRECEDENCE.get(event.type, 9), event.id
 
 
 def _fold(facts: Facts, event: Event) -> Facts:
-    """Unknown invoices and holds are ignored, not errors: billing may resend or reorder."""
+    """One event's effect; payments are matched after all events are in (see below)."""
     data, at = event.data, event.at
     match data:
         case ServiceCreated():
@@ -107,15 +165,14 @@ def _fold(facts: Facts, event: Event) -> Facts:
                 subscription_end=data.subscription_end,
             )
         case InvoiceIssued():
-            return replace(facts, unpaid={**facts.unpaid, data.invoice: data.due})
-        case InvoicePaid():
-            return _pay(facts, data.invoice, at)
+            return replace(facts, invoices={**facts.invoices, data.invoice: data.due})
         case ServiceRenewed():
             return replace(facts, subscription_end=data.until)
         case PackageChanged():
             return replace(facts, spec=data.spec.model_dump())
         case DepositChanged():
-            return _deposit(facts, data.balance > 0, at)
+            reading = DepositReading(at, data.balance, data.monthly, data.next_charge)
+            return replace(facts, deposit=(*facts.deposit, reading))
         case ServiceCancelled():
             return replace(facts, closed_at=data.effective or at)
         case HoldPlaced():
@@ -123,7 +180,7 @@ def _fold(facts: Facts, event: Event) -> Facts:
             kept = tuple(h for h in facts.holds if h.id != data.hold)
             return replace(facts, holds=(*kept, hold))
         case HoldReleased():
-            return replace(facts, holds=tuple(h for h in facts.holds if h.id != data.hold))
+            return replace(facts, holds=tuple(_release(h, data.hold, at) for h in facts.holds))
         case AbuseReported():
             return replace(facts, abuse=(*facts.abuse, (data.category, at)))
         case AdminSuspended():
@@ -131,37 +188,66 @@ def _fold(facts: Facts, event: Event) -> Facts:
             return replace(facts, admin_suspensions=(*others, (data.owner.value, at)))
         case AdminUnsuspended():
             return replace(facts, admin_suspensions=_without_owner(facts, data.owner.value))
+        case ServiceReprovision():
+            return replace(facts, reprovision_at=at)
     return facts
 
 
-def _pay(facts: Facts, invoice: str, at: datetime) -> Facts:
-    """Paying clears one invoice; if the oldest due date moves, an episode ended."""
-    if invoice not in facts.unpaid:
-        return facts
-    before = facts.oldest_unpaid_due
-    unpaid = {k: v for k, v in facts.unpaid.items() if k != invoice}
-    after = min(unpaid.values(), default=None)
-    episodes = facts.episodes
-    if before is not None and before != after and before <= at.date():
-        episodes = (*episodes, Episode(before, at))
-    return replace(facts, unpaid=unpaid, episodes=episodes)
+def _release(hold: Hold, hold_id: str, at: datetime) -> Hold:
+    """A released hold is kept with its end: the steps it delayed stay delayed."""
+    if hold.id != hold_id or hold.released_at is not None:
+        return hold
+    return replace(hold, released_at=max(at, hold.placed_at))
+
+
+def _with_payments(facts: Facts, ordered: list[Event]) -> Facts:
+    """Settle invoices by id, in the order billing dated the payments and reversals.
+
+    An invoice is paid by the last payment not followed by a reversal. The
+    episodes a payment ended are found by replaying the payments against
+    every known invoice, whatever order the invoices themselves came in.
+    """
+    moves = [e for e in ordered if isinstance(e.data, InvoicePaid | InvoiceReversed)]
+    settled: dict[str, datetime] = {}
+    reopened: dict[str, datetime] = {}
+    episodes: list[Episode] = []
+    for event in moves:
+        invoice = event.data.invoice  # type: ignore[union-attr]
+        if invoice not in facts.invoices:
+            continue  # refused at ingest as unmatched; a stored one waits for its invoice
+        before = _oldest(facts.invoices, settled)
+        if isinstance(event.data, InvoicePaid):
+            settled[invoice] = event.at
+            reopened.pop(invoice, None)
+        elif invoice in settled:
+            del settled[invoice]
+            reopened[invoice] = event.at
+        after = _oldest(facts.invoices, settled)
+        if before is not None and before != after and before <= event.at.date():
+            episodes.append(Episode(before, event.at))
+    payments = [e.at for e in moves if isinstance(e.data, InvoicePaid)]
+    return replace(
+        facts,
+        settled=settled,
+        reopened=reopened,
+        episodes=tuple(episodes),
+        first_paid_at=min(payments, default=None),
+    )
+
+
+def _oldest(invoices: dict[str, date], settled: dict[str, datetime]) -> date | None:
+    return min((due for k, due in invoices.items() if k not in settled), default=None)
 
 
 def _without_owner(facts: Facts, owner: str) -> tuple[tuple[str, datetime], ...]:
     return tuple(s for s in facts.admin_suspensions if s[0] != owner)
 
 
-def _deposit(facts: Facts, positive: bool, at: datetime) -> Facts:
-    if positive:
-        return replace(facts, deposit_exhausted_at=None)
-    if facts.deposit_exhausted_at is not None:
-        return facts
-    return replace(facts, deposit_exhausted_at=at)
-
-
 def _encode(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -175,12 +261,29 @@ def _decode_facts(raw: dict[str, Any]) -> Facts:
         host=raw["host"],
         spec=raw["spec"],
         created_at=moment(raw["created_at"]),
-        unpaid={k: date.fromisoformat(v) for k, v in raw["unpaid"].items()},
+        invoices={k: date.fromisoformat(v) for k, v in raw["invoices"].items()},
+        settled={k: datetime.fromisoformat(v) for k, v in raw["settled"].items()},
+        reopened={k: datetime.fromisoformat(v) for k, v in raw["reopened"].items()},
+        first_paid_at=moment(raw["first_paid_at"]),
         subscription_end=_day(raw["subscription_end"]),
-        deposit_exhausted_at=moment(raw["deposit_exhausted_at"]),
+        deposit=tuple(
+            DepositReading(
+                datetime.fromisoformat(d["at"]),
+                Decimal(d["balance"]),
+                Decimal(d["monthly"]) if d["monthly"] is not None else None,
+                Decimal(d["next_charge"]),
+            )
+            for d in raw["deposit"]
+        ),
         closed_at=moment(raw["closed_at"]),
         holds=tuple(
-            Hold(h["id"], h["kind"], datetime.fromisoformat(h["placed_at"]), moment(h["until"]))
+            Hold(
+                h["id"],
+                h["kind"],
+                datetime.fromisoformat(h["placed_at"]),
+                moment(h["until"]),
+                moment(h["released_at"]),
+            )
             for h in raw["holds"]
         ),
         abuse=tuple((c, datetime.fromisoformat(t)) for c, t in raw["abuse"]),
@@ -191,6 +294,8 @@ def _decode_facts(raw: dict[str, Any]) -> Facts:
             Episode(date.fromisoformat(e["anchor_day"]), datetime.fromisoformat(e["cleared_at"]))
             for e in raw["episodes"]
         ),
+        reprovision_at=moment(raw["reprovision_at"]),
+        purged_at=moment(raw["purged_at"]),
         revision=raw["revision"],
     )
 
@@ -201,7 +306,3 @@ def _moment(text: str | None) -> datetime | None:
 
 def _day(text: str | None) -> date | None:
     return date.fromisoformat(text) if text else None
-
-
-def _pairs(raw: list[list[str]]) -> tuple[tuple[str, datetime], ...]:
-    return tuple((name, datetime.fromisoformat(at)) for name, at in raw)

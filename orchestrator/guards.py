@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from orchestrator import audit, journal
 from orchestrator.facts import Facts
-from orchestrator.lifecycle import Phase, Verdict, hold_end
-from orchestrator.policy import DESTRUCTIVE_STEPS, Policy, ReasonOwner, StepKind
+from orchestrator.lifecycle import Phase, Verdict, covers, hold_end
+from orchestrator.policy import Policy, StepKind
 from orchestrator.reconcile import DESIRED, Action, Machine
 from orchestrator.store.models import MetaRow, ServiceRow
 
@@ -50,15 +50,13 @@ def still_warranted(action: Action, verdict: Verdict) -> bool:
 
 
 def covering_hold(action: Action, facts: Facts, policy: Policy, now: datetime) -> str | None:
-    """A hold in force now that covers the action; a legal hold covers every one."""
+    """A hold in force now that covers the action (the lifecycle's own reading of it)."""
     step = STEP_OF[action]
     for hold in facts.holds:
-        kind = policy.holds.get(hold.kind)
-        if kind is None or hold.placed_at > now:
+        if hold.placed_at > now or not covers(hold, step, policy):
             continue
         end = hold_end(hold, policy)
-        covered = DESTRUCTIVE_STEPS if kind.owner == ReasonOwner.LEGAL else set(kind.blocks)
-        if step in covered and (end is None or end > now):
+        if end is None or end > now:
             return f"{hold.kind} hold {hold.id}"
     return None
 

@@ -8,6 +8,7 @@ through sixty days in milliseconds and an operator can ask about 1 December.
 
 The phases, from good to gone, and the step that moves a service into each::
 
+    pending        (no step: the policy provisions only after the first payment)
     active         (no step: billing in good standing)
     grace          notice      a reminder went out; the service still runs
     suspended      suspend     the policy's method: pause, shut down, cut network,
@@ -21,18 +22,27 @@ The phases, from good to gone, and the step that moves a service into each::
 Paying ends a billing ladder. What was done is then undone by reconcile
 (level-triggered, from the difference between this verdict and the real
 state); ``Verdict.undo`` says in words what that will be.
+
+Holds delay, they don't compress: a step a hold covers waits for its end, and
+every later step of its ladder keeps its distance from the step before, so
+an archive window is as long as the terms promise however late the hold
+ends. A payment that comes after the data was already purged cannot bring
+it back: the phase stays ``purged`` with ``attention`` saying so, until the
+policy (``reprovision_after_purge: automatic``) or an operator asks for a
+fresh machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from orchestrator.days import add_offset, start_of_day
 from orchestrator.facts import Facts, Hold
 from orchestrator.policy import (
     DESTRUCTIVE_STEPS,
+    REVIEW_HOLD,
     AbuseRung,
     Anchor,
     Ladder,
@@ -43,8 +53,12 @@ from orchestrator.policy import (
     StepKind,
 )
 
+PAID_AFTER_PURGE = "paid after purge: the data is gone; needs a fresh provision"
+UNDER_REVIEW = "unmatched payment under review: destructive steps held"
+
 
 class Phase(StrEnum):
+    PENDING = "pending"
     ACTIVE = "active"
     GRACE = "grace"
     SUSPENDED = "suspended"
@@ -79,6 +93,7 @@ class Entry:
     automatic: bool = True
     planned_at: datetime | None = None
     blocked_by: str | None = None
+    delayed_by: str | None = None
     if_paid: tuple[str, ...] = ()
     note: str | None = None
 
@@ -107,6 +122,8 @@ class Verdict:
     suspend_method: str | None
     good_standing: bool
     at: datetime
+    attention: tuple[str, ...] = ()
+    reprovision: bool = False
 
     @property
     def reached(self) -> tuple[Entry, ...]:
@@ -117,11 +134,17 @@ class Verdict:
 def lifecycle(facts: Facts, policy: Policy, now: datetime) -> Verdict:
     """The phase of one service at ``now``, when it next changes, and its whole timeline."""
     product = policy.product(ProductKind(facts.product))
-    gone = _gone(facts, policy, product)
+    if _awaiting_activation(facts, product, now):
+        return _pending(facts, product, now)
+    reprovision = _reprovision(facts, product, now)
+    gone = None if reprovision else _gone(facts, policy, product)
     timeline = () if gone else _timeline(facts, policy, product)
     reached = [e for e in timeline if e.blocked_by is None and e.at <= now]
     reasons = _reasons(facts, policy, reached, now)
     phase = _phase(gone, reached, reasons)
+    attention = _attention(facts, policy, now)
+    if _purged_for_good(facts, reprovision, now) and phase != Phase.PURGED:
+        phase, attention = Phase.PURGED, (PAID_AFTER_PURGE, *attention)
     return Verdict(
         phase=phase,
         reasons=reasons,
@@ -131,7 +154,49 @@ def lifecycle(facts: Facts, policy: Policy, now: datetime) -> Verdict:
         suspend_method=_suspend_method(product, reached),
         good_standing=phase in (Phase.ACTIVE, Phase.GRACE) and not reasons,
         at=now,
+        attention=attention,
+        reprovision=reprovision,
     )
+
+
+def _awaiting_activation(facts: Facts, product: Product, now: datetime) -> bool:
+    if product.activation is None or product.activation.when == "on_create":
+        return False
+    return facts.first_paid_at is None or facts.first_paid_at > now
+
+
+def _pending(facts: Facts, product: Product, now: datetime) -> Verdict:
+    """Not provisioned until the first payment: no ladder runs on a machine never made."""
+    later = facts.first_paid_at if facts.first_paid_at and facts.first_paid_at > now else None
+    return Verdict(
+        phase=Phase.PENDING,
+        reasons=(),
+        next_at=later,
+        timeline=(),
+        undo=(),
+        suspend_method=default_suspend_method(product),
+        good_standing=True,
+        at=now,
+        attention=(),
+    )
+
+
+def _reprovision(facts: Facts, product: Product, now: datetime) -> bool:
+    """Whether a service whose data was purged is to get a fresh machine."""
+    if facts.purged_at is None or facts.purged_at > now:
+        return False
+    if facts.reprovision_at is not None and facts.purged_at < facts.reprovision_at <= now:
+        return True
+    return product.undo.reprovision_after_purge == "automatic"
+
+
+def _purged_for_good(facts: Facts, reprovision: bool, now: datetime) -> bool:
+    return facts.purged_at is not None and facts.purged_at <= now and not reprovision
+
+
+def _attention(facts: Facts, policy: Policy, now: datetime) -> tuple[str, ...]:
+    reviews = [h for h in facts.holds if h.kind == REVIEW_HOLD and hold_end(h, policy) is None]
+    return (UNDER_REVIEW,) if reviews else ()
 
 
 def _anchors(facts: Facts, policy: Policy) -> dict[Anchor, datetime]:
@@ -140,8 +205,8 @@ def _anchors(facts: Facts, policy: Policy) -> dict[Anchor, datetime]:
         found[Anchor.OLDEST_UNPAID_DUE] = start_of_day(due, zone)
     if facts.subscription_end is not None:
         found[Anchor.SUBSCRIPTION_END] = start_of_day(facts.subscription_end, zone)
-    if facts.deposit_exhausted_at is not None:
-        found[Anchor.DEPOSIT_EXHAUSTED] = facts.deposit_exhausted_at
+    if (short := facts.deposit_short_at) is not None:
+        found[Anchor.DEPOSIT_EXHAUSTED] = short
     if facts.closed_at is not None:
         found[Anchor.ACCOUNT_CLOSURE] = facts.closed_at
     return found
@@ -153,13 +218,17 @@ def _timeline(facts: Facts, policy: Policy, product: Product) -> tuple[Entry, ..
     for ladder in product.ladders:
         if ladder.anchor in anchors:
             planned = _ladder_entries(ladder, anchors[ladder.anchor], policy, product)
-            entries.extend(_apply_holds(planned, facts.holds, policy))
+            floor = _reversal_floor(facts, policy, product, ladder.anchor)
+            held = _apply_holds(planned, facts.holds, policy, floor)
+            entries.extend(held + _relative_notices(ladder, held, policy))
+    entries += _deposit_reminders(facts, product)
     return tuple(sorted(entries, key=lambda e: (e.at, SEVERITY[e.phase])))
 
 
 def _ladder_entries(
     ladder: Ladder, anchor_at: datetime, policy: Policy, product: Product
 ) -> list[Entry]:
+    """The ladder's steps counted from its anchor (notices counted from a step come later)."""
     work = policy.calendar.work_calendar()
     entries = [
         Entry(
@@ -173,32 +242,109 @@ def _ladder_entries(
             note=step.note,
         )
         for step in ladder.steps
+        if step.relative_to is None
     ]
     entries.sort(key=lambda e: (e.at, SEVERITY[e.phase]))
     return [replace(e, planned_at=e.at, if_paid=_if_paid(e, entries, product)) for e in entries]
 
 
-def _apply_holds(entries: list[Entry], holds: tuple[Hold, ...], policy: Policy) -> list[Entry]:
+def _relative_notices(ladder: Ladder, entries: list[Entry], policy: Policy) -> list[Entry]:
+    """Notices counted from a step (three days before terminate) move with that step;
+    while the step is blocked, so is its notice."""
+    work, found = policy.calendar.work_calendar(), []
+    for step in ladder.steps:
+        target = next((e for e in entries if e.step == step.relative_to), None)
+        if step.relative_to is None or target is None or target.blocked_by is not None:
+            continue
+        at = add_offset(target.at, step.after, work)
+        planned = add_offset(target.planned_at or target.at, step.after, work)
+        found.append(
+            Entry(
+                at=at,
+                step=StepKind.NOTICE,
+                phase=Phase.GRACE,
+                anchor=ladder.anchor,
+                clause=step.clause,
+                planned_at=planned,
+                delayed_by=target.delayed_by,
+                note=step.note or f"{step.after} from {target.step}",
+            )
+        )
+    return found
+
+
+def _deposit_reminders(facts: Facts, product: Product) -> list[Entry]:
+    """A reminder when the balance first falls to each share of the monthly bill, for
+    as long as it stays there (a top-up above it ends that run)."""
+    if product.deposit is None:
+        return []
+    found = []
+    for percent in product.deposit.reminders:
+        since = None
+        for reading in facts.deposit:
+            low = reading.monthly is not None and reading.balance * 100 <= (
+                reading.monthly * percent
+            )
+            since = (since or reading.at) if low else None
+        if since is not None:
+            found.append(
+                Entry(
+                    at=since,
+                    step=StepKind.NOTICE,
+                    phase=Phase.GRACE,
+                    anchor=Anchor.DEPOSIT_EXHAUSTED,
+                    clause=product.deposit.clause,
+                    planned_at=since,
+                    note=f"deposit at or below {percent}% of the monthly bill",
+                )
+            )
+    return found
+
+
+def _reversal_floor(
+    facts: Facts, policy: Policy, product: Product, anchor: Anchor
+) -> datetime | None:
+    """No step before the reversal's grace has passed, when a reopened invoice is the
+    oldest unpaid one (its original due date anchors the ladder)."""
+    oldest = facts.oldest_unpaid_due
+    if anchor != Anchor.OLDEST_UNPAID_DUE or product.reversal is None or oldest is None:
+        return None
+    work = policy.calendar.work_calendar()
+    ends = [
+        add_offset(at, product.reversal.grace, work)
+        for invoice, at in facts.reopened.items()
+        if facts.invoices.get(invoice) == oldest
+    ]
+    return max(ends, default=None)
+
+
+def _apply_holds(
+    entries: list[Entry], holds: tuple[Hold, ...], policy: Policy, floor: datetime | None = None
+) -> list[Entry]:
     """A hold delays the steps it covers to its end, or blocks them while it has none.
 
-    Steps keep their order: once one is held, the later ones of the same ladder
-    cannot overtake it.
+    The delay carries on: every later step of the ladder moves by at least as
+    much, so each keeps its distance from the step before it (an archive kept
+    seven days is kept seven days after a late release). ``floor`` is a time
+    before which no destructive step may run (a reversal's grace).
     """
     out: list[Entry] = []
-    floor: datetime | None = None
-    blocker: str | None = None
+    shift, blocker, delayed_by = timedelta(0), None, None
     for entry in entries:
-        at = max(entry.at, floor) if floor else entry.at
-        hold, end = _blocking_hold(entry.step, at, holds, policy)
-        if hold is not None and end is None:
-            blocker = blocker or f"{hold.kind} hold {hold.id}"
-        elif end is not None:
-            at = end
+        at = entry.at + shift
+        if floor is not None and entry.destructive and at < floor:
+            shift, at, delayed_by = shift + (floor - at), floor, "a payment reversal's grace"
+        while (found := _blocking_hold(entry.step, at, holds, policy))[0] is not None:
+            hold, end = found
+            if end is None:
+                blocker = blocker or f"{hold.kind} hold {hold.id}"  # type: ignore[union-attr]
+                break
+            shift, at = shift + (end - at), end
+            delayed_by = f"{hold.kind} hold {hold.id} until {end.isoformat()}"  # type: ignore[union-attr]
         if blocker and entry.destructive:
             out.append(replace(entry, at=at, blocked_by=blocker))
             continue
-        floor = at
-        out.append(replace(entry, at=at))
+        out.append(replace(entry, at=at, delayed_by=delayed_by if shift else None))
     return out
 
 
@@ -207,8 +353,7 @@ def _blocking_hold(
 ) -> tuple[Hold | None, datetime | None]:
     """The hold in force at ``at`` that covers ``step``, and when it ends (None: open-ended)."""
     for hold in holds:
-        kind = policy.holds.get(hold.kind)
-        if kind is None or step not in _blocked_steps(kind.owner, kind.blocks):
+        if not covers(hold, step, policy):
             continue
         end = hold_end(hold, policy)
         if hold.placed_at <= at and (end is None or end > at):
@@ -216,17 +361,23 @@ def _blocking_hold(
     return None, None
 
 
+def covers(hold: Hold, step: StepKind, policy: Policy) -> bool:
+    """What a hold keeps back is what its kind blocks (a legal one at least every step
+    that takes data or hardware away: the policy model refuses less)."""
+    kind = policy.hold_kind(hold.kind)
+    return kind is not None and step in kind.blocks
+
+
 def hold_end(hold: Hold, policy: Policy) -> datetime | None:
-    """An explicit end wins; else the hold kind's fixed length (a dispute's 5x24 h)."""
-    kind = policy.holds.get(hold.kind)
-    if hold.until is not None or kind is None or kind.lasts is None:
-        return hold.until
-    return add_offset(hold.placed_at, kind.lasts, policy.calendar.work_calendar())
-
-
-def _blocked_steps(owner: ReasonOwner, blocks: list[StepKind]) -> frozenset[StepKind]:
-    """A legal hold blocks every destructive step, whatever the file says."""
-    return DESTRUCTIVE_STEPS if owner == ReasonOwner.LEGAL else frozenset(blocks)
+    """A release ends a hold; else an explicit end; else the kind's fixed length
+    (a dispute's 5x24 h); else it lasts until released."""
+    kind = policy.hold_kind(hold.kind)
+    end = hold.until
+    if end is None and kind is not None and kind.lasts is not None:
+        end = add_offset(hold.placed_at, kind.lasts, policy.calendar.work_calendar())
+    if hold.released_at is not None and (end is None or hold.released_at < end):
+        return hold.released_at
+    return end
 
 
 def _if_paid(entry: Entry, ladder: list[Entry], product: Product) -> tuple[str, ...]:
@@ -310,7 +461,7 @@ def _rung(policy: Policy, category: str, strike: int) -> AbuseRung | None:
 def _hold_reasons(facts: Facts, policy: Policy, now: datetime) -> list[Reason]:
     reasons = []
     for hold in facts.holds:
-        kind = policy.holds.get(hold.kind)
+        kind = policy.hold_kind(hold.kind)
         if kind is None or not kind.suspends or hold.placed_at > now:
             continue
         until = hold_end(hold, policy)
@@ -359,7 +510,8 @@ def _next_at(
 ) -> datetime | None:
     moments = [e.at for e in timeline if e.at > now and e.blocked_by is None]
     moments += [r.until for r in reasons if r.until is not None and r.until > now]
-    moments += [h.until for h in facts.holds if h.until is not None and h.until > now]
+    ends = [hold_end(h, policy) for h in facts.holds]
+    moments += [end for end in ends if end is not None and end > now]
     moments += [h.placed_at for h in facts.holds if h.placed_at > now]
     moments += [at for _, at in facts.abuse if at > now]
     return min(moments, default=None)
@@ -408,6 +560,7 @@ __all__ = [
     "Phase",
     "Reason",
     "Verdict",
+    "covers",
     "default_suspend_method",
     "hold_end",
     "lifecycle",

@@ -48,6 +48,7 @@ DESTRUCTIVE_ACTIONS = frozenset(
 
 
 class Machine(StrEnum):
+    NONE = "none"
     RUNNING = "running"
     SUSPENDED = "suspended"
     ARCHIVED = "archived"
@@ -56,6 +57,7 @@ class Machine(StrEnum):
 
 # What each phase asks of the machine and of its addresses.
 DESIRED: dict[Phase, tuple[Machine, bool]] = {
+    Phase.PENDING: (Machine.NONE, False),
     Phase.ACTIVE: (Machine.RUNNING, True),
     Phase.GRACE: (Machine.RUNNING, True),
     Phase.SUSPENDED: (Machine.SUSPENDED, True),
@@ -92,6 +94,8 @@ class StepSpec:
 
 def reconcile(service_id: str, verdict: Verdict, current: Current, revision: int) -> list[StepSpec]:
     """The steps, in order; ``revision`` counts the service's events, so keys change with facts."""
+    if verdict.phase == Phase.PENDING:
+        return []  # nothing is provisioned before the first payment, nothing to take away
     machine, keep_ips = DESIRED[verdict.phase]
     generation = _generation(verdict, revision)
     actions = _machine_actions(machine, verdict, current)
@@ -164,9 +168,13 @@ def _address_actions(keep: bool, current: Current) -> list[Action]:
 
 
 def _notices(service_id: str, verdict: Verdict) -> list[StepSpec]:
-    if verdict.phase != Phase.GRACE:
+    """The latest notice reached, unless a destructive step came after it (then it is
+    stale): a reminder before the due date, a notice before termination."""
+    reached = list(verdict.reached)
+    notices = [i for i, e in enumerate(reached) if e.step == StepKind.NOTICE]
+    if not notices or any(e.destructive for e in reached[notices[-1] + 1 :]):
         return []
-    latest = [e for e in verdict.reached if e.step == StepKind.NOTICE][-1:]
+    latest = [reached[notices[-1]]]
     return [
         StepSpec(
             service_id,

@@ -21,10 +21,21 @@ def test_parse(text: str, expected: Offset) -> None:
     assert Offset.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["-5d", "5", "five days", "5w", "1.5d"])
+@pytest.mark.parametrize(
+    "text", ["5", "five days", "5w", "1.5d", "99999999999d", "3661d", "-121mo", "87601h"]
+)
 def test_parse_refuses(text: str) -> None:
     with pytest.raises(OffsetError):
         Offset.parse(text)
+
+
+def test_negative_offsets_count_back() -> None:
+    assert Offset.parse("-14d") == Offset(-14, "d")
+    assert add_offset(wib(2026, 12, 15), Offset(-14, "d"), ID) == wib(2026, 12, 1)
+    # Back from Tuesday 29 December: Monday 28 is one business day, then the
+    # weekend and Christmas (a holiday) are skipped to Thursday 24.
+    assert add_offset(wib(2026, 12, 29), Offset(-2, "bd"), ID) == wib(2026, 12, 24)
+    assert add_offset(wib(2026, 3, 31), Offset(-1, "mo"), ID) == wib(2026, 2, 28)
 
 
 def test_calendar_days_keep_the_wall_clock() -> None:

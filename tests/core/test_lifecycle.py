@@ -1,6 +1,6 @@
 """The lifecycle as tables of dates: what happens when, for the Klikserver terms."""
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -90,12 +90,12 @@ def _hold(kind: str, at: str, hold_id: str = "h1", until: str | None = None) -> 
     return {"id": f"hold-{hold_id}", "service": "s1", "at": at, "data": data}
 
 
-def test_legal_hold_blocks_every_destructive_step_after_it(policies: dict[str, Policy]) -> None:
+def test_legal_hold_blocks_every_data_step_after_it(policies: dict[str, Policy]) -> None:
     items = [*UNPAID, _hold("legal", "2026-12-07T10:00:00+07:00")]
     verdict = verdict_at(policies, items, wib(2027, 1, 31))
-    assert verdict.phase == Phase.SUSPENDED  # the suspension came before the hold
+    assert verdict.phase == Phase.IPS_RECLAIMED
     blocked = {e.step for e in verdict.timeline if e.blocked_by}
-    assert blocked == {StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE}
+    assert blocked == {StepKind.TERMINATE, StepKind.PURGE}
 
 
 def test_releasing_the_hold_lets_the_ladder_go_on(policies: dict[str, Policy]) -> None:
@@ -106,7 +106,25 @@ def test_releasing_the_hold_lets_the_ladder_go_on(policies: dict[str, Policy]) -
         "data": {"type": "hold.released", "hold": "h1"},
     }
     items = [*UNPAID, _hold("legal", "2026-12-07T10:00:00+07:00"), release]
-    assert verdict_at(policies, items, wib(2027, 1, 6)).phase == Phase.PURGED
+    # The archive the terms promise (7 days from removal to deletion) is kept in full.
+    assert verdict_at(policies, items, wib(2027, 1, 6)).phase == Phase.TERMINATED
+    verdict = verdict_at(policies, items, wib(2027, 1, 13))
+    assert verdict.phase == Phase.PURGED
+    days = {e.step: e.at for e in verdict.timeline}
+    assert days[StepKind.TERMINATE] == wib(2027, 1, 5, 10)
+    assert days[StepKind.PURGE] - days[StepKind.TERMINATE] == timedelta(days=7)
+    purge = next(e for e in verdict.timeline if e.step == StepKind.PURGE)
+    assert purge.delayed_by is not None and "legal hold h1" in purge.delayed_by
+
+
+def test_a_legal_hold_keeps_the_data_not_the_unpaid_service_running(
+    policies: dict[str, Policy],
+) -> None:
+    items = [*UNPAID, _hold("legal", "2026-12-02T10:00:00+07:00")]
+    verdict = verdict_at(policies, items, wib(2026, 12, 20))
+    assert verdict.phase == Phase.IPS_RECLAIMED  # suspended on its day, addresses reclaimed
+    blocked = {e.step: e.blocked_by for e in verdict.timeline if e.blocked_by}
+    assert set(blocked) == {StepKind.TERMINATE, StepKind.PURGE}
 
 
 def test_a_hold_with_an_end_delays_steps_to_it(policies: dict[str, Policy]) -> None:
@@ -117,7 +135,7 @@ def test_a_hold_with_an_end_delays_steps_to_it(policies: dict[str, Policy]) -> N
     verdict = verdict_at(policies, items, wib(2026, 12, 1))
     days = {e.step: e.at.date() for e in verdict.timeline}
     assert days[StepKind.TERMINATE] == date(2026, 12, 20)
-    assert days[StepKind.PURGE] == date(2026, 12, 20)
+    assert days[StepKind.PURGE] == date(2026, 12, 27)  # still 7 days after termination
 
 
 def _abuse(n: int, at: str) -> dict:  # type: ignore[type-arg]

@@ -5,7 +5,14 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.policy import DESTRUCTIVE_STEPS, Policy, ProductKind, load_policy, policy_schema
+from orchestrator.policy import (
+    DATA_STEPS,
+    Policy,
+    ProductKind,
+    StepKind,
+    load_policy,
+    policy_schema,
+)
 from orchestrator.yamlerrors import PolicyError
 from tests.conftest import REPO
 
@@ -35,9 +42,16 @@ def test_colocation_is_never_wiped(policies: dict[str, Policy]) -> None:
 
 
 @pytest.mark.parametrize("name", PROFILES)
-def test_legal_hold_blocks_everything_destructive(policies: dict[str, Policy], name: str) -> None:
+def test_legal_hold_keeps_the_data(policies: dict[str, Policy], name: str) -> None:
     legal = policies[name].holds["legal"]
-    assert set(legal.blocks) >= DESTRUCTIVE_STEPS
+    assert set(legal.blocks) >= DATA_STEPS
+    assert StepKind.SUSPEND not in legal.blocks  # it does not keep an unpaid service running
+
+
+def test_a_legal_hold_that_lets_a_purge_through_is_refused(tmp_path: Path) -> None:
+    path = _broken(tmp_path, "blocks: [terminate, purge, hand_over]", "blocks: [terminate]")
+    with pytest.raises(PolicyError, match="legal hold must block terminate, purge and hand_over"):
+        load_policy(path)
 
 
 def _broken(tmp_path: Path, old: str, new: str) -> Path:
