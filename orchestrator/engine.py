@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import (
@@ -36,7 +37,7 @@ from drivers.base import (
     load_compute,
     load_network,
 )
-from orchestrator import actions, audit, backups, ipam, journal
+from orchestrator import actions, audit, backups, ingest, ipam, journal, notify
 from orchestrator.backup_schedule import BackupJob, Limits, Plan, Week, Window, schedule_week
 from orchestrator.credentials import resolve
 from orchestrator.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
@@ -46,7 +47,7 @@ from orchestrator.facts import Facts, derive_facts
 from orchestrator.guards import Breaker, BreakerSettings, covering_hold, still_warranted
 from orchestrator.inventory import HostVars, Inventory, Router
 from orchestrator.lifecycle import Phase, Verdict, lifecycle
-from orchestrator.policy import Policy
+from orchestrator.policy import REVIEW_HOLD, Policy
 from orchestrator.reconcile import (
     SCHEDULED_ACTIONS,
     Action,
@@ -179,38 +180,71 @@ class Orchestrator:
     def ingest(
         self, events: Sequence[Event], now: datetime, actor: str = "billing"
     ) -> IngestReport:
-        """Store new events and refresh their services; all or nothing."""
+        """Store new events and refresh their services; all or nothing.
+
+        The same batch sent many times at once is taken once: a writer that
+        loses the race on an event id reads the winner's rows and finds them
+        resends (or a conflict).
+        """
+        for attempt in range(1, 4):
+            try:
+                return self._ingest_once(events, now, actor)
+            except IntegrityError:
+                if attempt == 3:
+                    raise EventError(
+                        "nothing was stored: concurrent writers kept taking these ids; send again"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _ingest_once(self, events: Sequence[Event], now: datetime, actor: str) -> IngestReport:
         with self.sessions.begin() as session:
-            new, duplicates = self._split_known(session, events)
+            new, duplicates = ingest.split_known(session, events)
             self._validate(session, new)
-            session.add_all(_event_row(event, now) for event in new)
-            session.flush()
-            for service_id in dict.fromkeys(e.service for e in new):
-                self._refresh(session, service_id, now)
-            if new:
-                audit.append(
-                    session,
-                    now,
-                    actor,
-                    "events.ingested",
-                    "*",
-                    {"events": [e.id for e in new], "duplicates": duplicates},
-                )
+            unmatched = ingest.unmatched(session, new)
+            if unmatched:
+                self._hold_for_review(session, unmatched, now, actor)
+            else:
+                new += ingest.matched_by_invoices(session, new, now)
+                self._store(session, new, duplicates, now, actor)
+        if unmatched:
+            raise ingest.refusal(unmatched)
         return IngestReport([e.id for e in new], duplicates)
 
-    def _split_known(
-        self, session: Session, events: Sequence[Event]
-    ) -> tuple[list[Event], list[str]]:
-        ids = [e.id for e in events]
-        known = set(session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(ids))))
-        new: dict[str, Event] = {}
-        duplicates = []
-        for event in events:
-            if event.id in known or event.id in new:
-                duplicates.append(event.id)
+    def _store(
+        self, session: Session, new: list[Event], duplicates: list[str], now: datetime, actor: str
+    ) -> None:
+        session.add_all(_event_row(event, now) for event in new)
+        session.flush()
+        for service_id in dict.fromkeys(e.service for e in new):
+            self._refresh(session, service_id, now)
+        if new:
+            detail = {"events": [e.id for e in new], "duplicates": duplicates}
+            audit.append(session, now, actor, "events.ingested", "*", detail)
+
+    def _hold_for_review(
+        self, session: Session, unmatched: list[Event], now: datetime, actor: str
+    ) -> None:
+        fresh = ingest.hold_for_review(session, unmatched, now)
+        session.flush()
+        for service_id in dict.fromkeys(e.service for e in unmatched):
+            self._refresh(session, service_id, now)
+        if fresh:
+            audit.append(session, now, actor, "payments.held_for_review", "*", {"events": fresh})
+
+    def resolve_payment(
+        self, event_id: str, now: datetime, actor: str, invoice: str | None, reason: str = ""
+    ) -> None:
+        """An operator matches a payment under review to an invoice, or discards it."""
+        with self.sessions.begin() as session:
+            row = ingest.open_review(session, event_id)
+            if invoice is not None:
+                event = ingest.match(session, row, invoice, actor, now)
+                self._store(session, [event], [], now, actor)
             else:
-                new[event.id] = event
-        return list(new.values()), duplicates
+                ingest.discard(session, row, reason, actor, now)
+                self._refresh(session, row.service_id, now)
+            detail = {"event": event_id, "invoice": invoice, "reason": reason}
+            audit.append(session, now, actor, "payments.reviewed", row.service_id, detail)
 
     def _validate(self, session: Session, events: list[Event]) -> None:
         created: dict[str, str] = {}
@@ -251,23 +285,51 @@ class Orchestrator:
         return session.scalar(select(ServiceRow.policy).where(ServiceRow.id == service_id))
 
     def _refresh(self, session: Session, service_id: str, now: datetime) -> None:
-        rows = session.scalars(
-            select(EventRow)
-            .where(EventRow.service_id == service_id)
-            .order_by(EventRow.occurred_at, EventRow.seq)
-        )
-        facts = derive_facts(service_id, (Event.model_validate_json(r.body) for r in rows))
-        verdict = self.verdict(facts, now)
-        row = session.get(ServiceRow, service_id) or ServiceRow(id=service_id, applied_phase=NEW)
+        """Facts anew from every event of the service, with what the journal and the
+        review list add: when its data was purged, payments held for review."""
+        rows = session.scalars(select(EventRow.body).where(EventRow.service_id == service_id))
+        facts = derive_facts(service_id, (Event.model_validate_json(body) for body in rows))
+        row = session.get(ServiceRow, service_id)
+        fresh = row is None
+        if row is None:
+            row = ServiceRow(id=service_id, applied_phase=NEW, attention="[]")
         row.customer, row.policy, row.product, row.host = (
             facts.customer,
             facts.policy,
             facts.product,
             facts.host,
         )
-        row.phase, row.facts, row.updated_at = verdict.phase.value, facts.to_json(), now
+        self._record(session, row, facts, now)
         row.next_at = now  # new facts: reconcile this service at the next tick
-        session.merge(row)
+        if fresh:
+            session.add(row)
+
+    def _record(self, session: Session, row: ServiceRow, facts: Facts, now: datetime) -> Verdict:
+        """Store facts with the journal's and the review list's part, and the phase they
+        give; billing hears once when a service comes to need a person."""
+        facts = replace(
+            facts,
+            holds=(
+                *(h for h in facts.holds if h.kind != REVIEW_HOLD),
+                *ingest.review_holds(session, row.id),
+            ),
+            purged_at=journal.purged_at(session, row.id),
+        )
+        verdict = self.verdict(facts, now)
+        before = set(json.loads(row.attention or "[]"))
+        for item in verdict.attention:
+            if item not in before:
+                notify.queue(
+                    session,
+                    f"orchestrator-{row.id}-attention-{facts.revision}-{len(before)}",
+                    row.id,
+                    "service.needs_attention",
+                    now,
+                    {"attention": item, "phase": verdict.phase.value},
+                )
+        row.phase, row.facts, row.updated_at = verdict.phase.value, facts.to_json(), now
+        row.attention = json.dumps(list(verdict.attention))
+        return verdict
 
     def verdict(self, facts: Facts, now: datetime) -> Verdict:
         return lifecycle(facts, self.policies[facts.policy], now)
@@ -279,7 +341,11 @@ class Orchestrator:
         row = session.get(ServiceRow, service_id)
         if row is None:
             raise KeyError(service_id)
-        return Facts.from_json(row.facts)
+        try:
+            return Facts.from_json(row.facts)
+        except (KeyError, TypeError, ValueError):  # stored by an older release: derive anew
+            self._refresh(session, service_id, row.updated_at)
+            return Facts.from_json(row.facts)
 
     # -- planning ----------------------------------------------------------
 
@@ -364,10 +430,8 @@ class Orchestrator:
     ) -> tuple[Verdict, list[StepSpec]]:
         """Reconcile against what a driver just saw and what the store holds."""
         verdict = self.verdict(facts, now)
-        held, purged = (
-            ipam.held_by(session, facts.service_id),
-            journal.purged(session, facts.service_id),
-        )
+        held = ipam.held_by(session, facts.service_id)
+        purged = journal.purged(session, facts.service_id) and not verdict.reprovision
         current = Current(observed, held, purged, actions.machine_spec(facts))
         return verdict, reconcile(facts.service_id, verdict, current, facts.revision)
 
@@ -515,8 +579,7 @@ class Orchestrator:
             row = session.get(ServiceRow, service_id)
             if row is None:
                 return
-            verdict = self.verdict(Facts.from_json(row.facts), now)
-            row.phase = verdict.phase.value
+            verdict = self._record(session, row, self.facts(service_id, session), now)
             if journal.open_steps(session, service_id) == 0:
                 row.applied_phase, row.next_at = verdict.phase.value, verdict.next_at
             else:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.reconcile import SCHEDULED_ACTIONS, StepSpec
@@ -128,15 +128,25 @@ def _supersede(session: Session, runs: dict[str, list[StepRow]], wanted: set[str
 
 
 def runnable(session: Session, now: datetime, yes: bool) -> list[StepRow]:
-    """Pending steps, retries whose time has come, and runs a crash interrupted."""
-    states = [PENDING, RUNNING, RETRY, PAUSED, HELD, *([AWAITING] if yes else [])]
-    query = (
-        select(StepRow)
-        .where(StepRow.state.in_(states))
-        .where(or_(StepRow.not_before.is_(None), StepRow.not_before <= now))
-        .order_by(StepRow.id)
-    )
-    return list(session.scalars(query))
+    """Pending steps, retries whose time has come, and runs a crash interrupted.
+
+    A service's steps keep their order: once one of them waits (for an
+    operator's ``--yes``, for its retry time), none after it runs, so an
+    automatic purge never overtakes a terminate that awaits approval.
+    Scheduled steps (backups) neither wait behind nor hold back the ladder.
+    """
+    states = {PENDING, RUNNING, RETRY, PAUSED, HELD, *([AWAITING] if yes else [])}
+    query = select(StepRow).where(StepRow.state.in_(OPEN_STATES)).order_by(StepRow.id)
+    ready, waiting = [], set()
+    for row in session.scalars(query):
+        due = row.state in states and (row.not_before is None or row.not_before <= now)
+        if row.kind in SCHEDULED_ACTIONS:
+            ready += [row] if due else []
+        elif row.service_id in waiting or not due:
+            waiting.add(row.service_id)
+        else:
+            ready.append(row)
+    return ready
 
 
 def claim(session: Session, step_id: int, expected: str, now: datetime) -> bool:
@@ -191,10 +201,15 @@ def destructive_since(session: Session, since: datetime) -> int:
 
 
 def purged(session: Session, service_id: str) -> bool:
-    query = select(StepRow.id).where(
+    return purged_at(session, service_id) is not None
+
+
+def purged_at(session: Session, service_id: str) -> datetime | None:
+    """When the service's data was last destroyed, by the journal: what really happened."""
+    query = select(func.max(StepRow.finished_at)).where(
         StepRow.service_id == service_id, StepRow.kind == "purge", StepRow.state == DONE
     )
-    return session.scalar(query.limit(1)) is not None
+    return session.scalar(query)
 
 
 def open_steps(session: Session, service_id: str) -> int:

@@ -48,20 +48,34 @@ def record(
     kind = "step.failed" if state == "failed" else KINDS.get(step.kind) if state == "done" else None
     if kind is None or (kind == "ip.assigned" and not detail.get("changed")):
         return
-    event_id = f"orchestrator-{step.id}-{state}"
+    extra = {"step": {"id": step.id, "kind": step.kind, "state": state}}
+    extra |= _address_change(kind, detail)
+    queue(session, f"orchestrator-{step.id}-{state}", step.service_id, kind, now, detail, extra)
+
+
+def queue(
+    session: Session,
+    event_id: str,
+    service_id: str,
+    kind: str,
+    now: datetime,
+    detail: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Queue one signed notification for billing (a step's outcome, a service that needs
+    a person: a payment that came after the purge)."""
     body = {
         "id": event_id,
         "type": kind,
-        "service": step.service_id,
+        "service": service_id,
         "at": now.isoformat(),
-        "step": {"id": step.id, "kind": step.kind, "state": state},
+        **(extra or {}),
         "detail": redact(detail),
-        **_address_change(kind, detail),
     }
     session.add(
         NotificationRow(
             event_id=event_id,
-            service_id=step.service_id,
+            service_id=service_id,
             kind=kind,
             body=json.dumps(body, default=str),
             state=PENDING,

@@ -59,8 +59,26 @@ class ServiceRow(Base):
     next_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     facts: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # What an operator must look at (a payment after the purge, one under review), as JSON.
+    attention: Mapped[str] = mapped_column(Text, default="[]")
 
     __table_args__ = (Index("ix_services_next_at", "next_at"),)
+
+
+class PaymentReviewRow(Base):
+    """A payment naming no invoice we know: refused, kept here, and holding every
+    destructive step of its service until it is matched or discarded."""
+
+    __tablename__ = "payment_reviews"
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(100), index=True)
+    invoice: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    resolution: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AddressRow(Base):
