@@ -227,7 +227,8 @@ class Orchestrator:
         fresh = ingest.hold_for_review(session, unmatched, now)
         session.flush()
         for service_id in dict.fromkeys(e.service for e in unmatched):
-            self._refresh(session, service_id, now)
+            if session.get(ServiceRow, service_id) is not None:  # else created in this batch
+                self._refresh(session, service_id, now)
         if fresh:
             audit.append(session, now, actor, "payments.held_for_review", "*", {"events": fresh})
 
