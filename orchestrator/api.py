@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.engine import Orchestrator
 from orchestrator.events import EventError, NewService, Spec, parse_events
+from orchestrator.ingest import EventConflict
 from orchestrator.signing import (
     MAX_AGE_SECONDS,
     MAX_AHEAD_SECONDS,
@@ -194,6 +195,8 @@ def _first_sight(orchestrator: Orchestrator, signature: str, now: datetime) -> b
 def _ingest(orchestrator: Orchestrator, body: bytes, now: datetime, actor: str) -> Any:
     try:
         return orchestrator.ingest(parse_events(body), now, actor=actor)
+    except EventConflict as exc:
+        raise HTTPException(409, str(exc)) from None
     except (EventError, UnicodeDecodeError) as exc:
         raise HTTPException(422, f"nothing was stored: {exc}") from None
 

@@ -23,10 +23,11 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session
 
 from drivers.base import DriverError
-from orchestrator import audit, evidence, ipam, journal, notify
+from orchestrator import audit, evidence, ingest, ipam, journal, notify
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
@@ -47,6 +48,8 @@ steps_app = typer.Typer(no_args_is_help=True, help="The journal of steps.")
 notifications_app = typer.Typer(no_args_is_help=True, help="What the billing system is told.")
 erase_app = typer.Typer(no_args_is_help=True, help="Signed erase records of purged disks.")
 colo_app = typer.Typer(no_args_is_help=True, help="Colocated hardware, the customers' own.")
+ReasonOption = Annotated[str, typer.Option("--reason", help="why, for the history and audit")]
+events_app = typer.Typer(no_args_is_help=True, help="Payments held for review, and resolving them.")
 for sub, name in [
     (policy_app, "policy"),
     (services_app, "services"),
@@ -57,6 +60,7 @@ for sub, name in [
     (notifications_app, "notifications"),
     (erase_app, "erase"),
     (colo_app, "colo"),
+    (events_app, "events"),
 ]:
     app.add_typer(sub, name=name)
 out = Console()
@@ -268,17 +272,43 @@ def _explain_render(data: dict[str, Any]) -> None:
             if not e["blocked_by"]
             else f" (held: {e['blocked_by']})"
         )
+        if e["delayed_by"]:
+            mark += f" (delayed by {e['delayed_by']})"
         table.add_row(
-            e["day"] + mark, e["step"], e["phase"], e["clause"], "; ".join(e["if_paid_after"])
+            *(
+                Text(cell)
+                for cell in (
+                    e["day"] + mark,
+                    e["step"],
+                    e["phase"],
+                    e["clause"],
+                    "; ".join(e["if_paid_after"]),
+                )
+            )
         )
     out.print(table)
+    for item in data["attention"]:
+        out.print(f"  needs attention: {item}", highlight=False, markup=False)
 
 
 @services_app.command("list")
-def services_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def services_list(
+    ctx: typer.Context,
+    needs_attention: Annotated[
+        bool,
+        typer.Option(
+            "--needs-attention",
+            help="only services a person must look at (paid after purge, payment under review)",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Every service with its phase and next transition."""
     orchestrator = _orchestrator(ctx)
     with orchestrator.sessions() as session:
+        query = session.query(ServiceRow).order_by(ServiceRow.id)
+        if needs_attention:
+            query = query.filter(ServiceRow.attention != "[]")
         rows = [
             {
                 "service": r.id,
@@ -289,8 +319,9 @@ def services_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
                 "phase": r.phase,
                 "applied": r.applied_phase,
                 "next_at": r.next_at.astimezone(operator_zone()).isoformat() if r.next_at else None,
+                "attention": json.loads(r.attention or "[]"),
             }
-            for r in session.query(ServiceRow).order_by(ServiceRow.id)
+            for r in query
         ]
     _emit(rows, as_json, _services_table)
 
@@ -299,14 +330,85 @@ def _services_table(rows: list[dict[str, Any]]) -> None:
     table = Table()
     for column in ("service", "customer", "policy", "product", "phase", "applied", "next_at"):
         table.add_column(column)
+    table.add_column("attention")
     for row in rows:
         table.add_row(
             *(
-                str(row[c] or "")
+                Text(str(row[c] or ""))
                 for c in ("service", "customer", "policy", "product", "phase", "applied", "next_at")
-            )
+            ),
+            Text("; ".join(row["attention"])),
         )
     out.print(table)
+
+
+@services_app.command("reprovision")
+def services_reprovision(
+    ctx: typer.Context, service: str, reason: ReasonOption = "", at: AtOption = None
+) -> None:
+    """Give a service whose data was purged a fresh machine (its data cannot come back)."""
+    _operator_event(ctx, service, {"type": "service.reprovision", "reason": reason}, at)
+    out.print(f"{service}: a fresh machine at the next apply", highlight=False, markup=False)
+
+
+@events_app.command("unmatched")
+def events_unmatched(
+    ctx: typer.Context,
+    include_resolved: Annotated[bool, typer.Option("--all", help="resolved ones too")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Payments naming an invoice the service does not have: each holds its service's
+    destructive steps until matched (``events match``) or discarded (``events discard``)."""
+    orchestrator = _orchestrator(ctx)
+    with orchestrator.sessions() as session:
+        rows = [
+            {
+                "event": r.event_id,
+                "service": r.service_id,
+                "invoice": r.invoice,
+                "received": r.received_at.astimezone(operator_zone()).isoformat(),
+                "state": r.state,
+                "resolution": r.resolution,
+                "by": r.resolved_by,
+            }
+            for r in ingest.reviews(session, include_resolved)
+        ]
+    _emit(rows, as_json, _unmatched_table)
+
+
+def _unmatched_table(rows: list[dict[str, Any]]) -> None:
+    columns = ("event", "service", "invoice", "received", "state", "resolution")
+    table = Table(title=f"{len(rows)} payments held for review")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(str(row[c] or "")) for c in columns))
+    out.print(table)
+
+
+@events_app.command("match")
+def events_match(ctx: typer.Context, event_id: str, invoice: str, at: AtOption = None) -> None:
+    """Settle an invoice of the service with a payment under review."""
+    _resolve_payment(ctx, event_id, invoice, "", at)
+    out.print(f"{event_id} matched to invoice {invoice}", highlight=False, markup=False)
+
+
+@events_app.command("discard")
+def events_discard(
+    ctx: typer.Context, event_id: str, reason: ReasonOption = "", at: AtOption = None
+) -> None:
+    """Drop a payment under review (a mistake of billing's); its hold ends."""
+    _resolve_payment(ctx, event_id, None, reason, at)
+    out.print(f"{event_id} discarded", highlight=False, markup=False)
+
+
+def _resolve_payment(
+    ctx: typer.Context, event_id: str, invoice: str | None, reason: str, at: str | None
+) -> None:
+    try:
+        _orchestrator(ctx).resolve_payment(event_id, parse_at(at), _actor(), invoice, reason)
+    except EventError as exc:
+        raise _fail(str(exc)) from None
 
 
 # -- acting ------------------------------------------------------------------
@@ -372,6 +474,10 @@ def hold_remove(ctx: typer.Context, service: str, hold_id: str, at: AtOption = N
     out.print(f"released hold {hold_id} on {service}")
 
 
+def _actor() -> str:
+    return f"operator:{os.environ.get('USER', 'unknown')}"
+
+
 def _operator_event(ctx: typer.Context, service: str, data: dict[str, Any], at: str | None) -> None:
     moment = parse_at(at)
     raw = {
@@ -382,9 +488,7 @@ def _operator_event(ctx: typer.Context, service: str, data: dict[str, Any], at: 
     }
     try:
         events: list[Event] = parse_events(json.dumps(raw))
-        _orchestrator(ctx).ingest(
-            events, moment, actor=f"operator:{os.environ.get('USER', 'unknown')}"
-        )
+        _orchestrator(ctx).ingest(events, moment, actor=_actor())
     except EventError as exc:
         raise _fail(str(exc)) from None
 
@@ -719,7 +823,6 @@ def demo(
 
 ips_app = typer.Typer(no_args_is_help=True, help="IP addresses: states, history, operator moves.")
 app.add_typer(ips_app, name="ips")
-ReasonOption = Annotated[str, typer.Option("--reason", help="why, for the history and audit")]
 
 
 @ips_app.command("list")

@@ -192,7 +192,7 @@ class Orchestrator:
             except IntegrityError:
                 if attempt == 3:
                     raise EventError(
-                        "nothing was stored: concurrent writers kept taking these ids; send again"
+                        "concurrent writers kept taking these ids; send again"
                     ) from None
         raise AssertionError("unreachable")
 

@@ -77,7 +77,7 @@ def split_known(session: Session, events: Sequence[Event]) -> tuple[list[Event],
             )
     if conflicts:
         raise EventConflict(
-            "nothing was stored: an event id already stands for another event: "
+            "an event id already stands for another event: "
             + "; ".join(conflicts)
         )
     return list(new.values()), duplicates
@@ -126,7 +126,7 @@ def refusal(events: Sequence[Event]) -> UnmatchedPayment:
         for e in events
     )
     return UnmatchedPayment(
-        f"nothing was stored: unmatched payment ({named}); it is held for review and holds the "
+        f"unmatched payment ({named}); it is held for review and holds the "
         "service's destructive steps until matched or discarded (orchestrator events unmatched)"
     )
 

@@ -25,6 +25,7 @@ def verdict_json(service: str, verdict: Verdict, policy: str) -> dict[str, Any]:
             for r in verdict.reasons
         ],
         "undo": list(verdict.undo),
+        "attention": list(verdict.attention),
         "timeline": [
             {
                 "at": e.at.isoformat(),
@@ -35,6 +36,8 @@ def verdict_json(service: str, verdict: Verdict, policy: str) -> dict[str, Any]:
                 "clause": e.clause,
                 "reached": e.blocked_by is None and e.at <= verdict.at,
                 "blocked_by": e.blocked_by,
+                "delayed_by": e.delayed_by,
+                "planned": e.planned_at.isoformat() if e.planned_at else None,
                 "if_paid_after": list(e.if_paid),
                 "note": e.note,
             }

@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, create_engine, text
 
 from orchestrator.engine import Orchestrator
@@ -20,6 +21,8 @@ from orchestrator.policy import Policy, load_policies
 from orchestrator.store.db import migrate, open_engine
 
 REPO = Path(__file__).resolve().parents[1]
+# ``pytest --hypothesis-profile=long`` for a longer search of the properties.
+settings.register_profile("long", max_examples=100_000)
 WIB = ZoneInfo("Asia/Jakarta")
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -47,11 +47,15 @@ def test_hold_add_blocks_and_remove_releases(cli) -> None:  # type: ignore[no-un
     )
     held = json.loads(cli("explain", "s1", "--at", "2026-12-20", "--json"))
     blocked = [e for e in held["timeline"] if e["blocked_by"]]
-    assert {e["step"] for e in blocked} == {"reclaim_ips", "terminate", "purge"}
+    assert {e["step"] for e in blocked} == {"terminate", "purge"}  # the data, not the service
     hold_id = blocked[0]["blocked_by"].split()[-1]
     cli("hold", "remove", "s1", hold_id, "--at", "2026-12-21T09:00:00+07:00")
     released = json.loads(cli("explain", "s1", "--at", "2026-12-21T10:00:00+07:00", "--json"))
-    assert released["phase"] == "purged"
+    assert released["phase"] == "terminated"  # the archive's 7 days start at the release
+    later = json.loads(cli("explain", "s1", "--at", "2026-12-28T10:00:00+07:00", "--json"))
+    assert later["phase"] == "purged"
+    purge = next(e for e in later["timeline"] if e["step"] == "purge")
+    assert purge["delayed_by"].startswith("legal hold")
 
 
 def test_hold_of_a_kind_the_policy_lacks_is_refused(cli) -> None:  # type: ignore[no-untyped-def]

@@ -26,8 +26,8 @@ from orchestrator.engine import Orchestrator
 from orchestrator.events import Event, parse_events
 from orchestrator.facts import derive_facts
 from orchestrator.guards import covering_hold, still_warranted
-from orchestrator.inventory import Inventory
 from orchestrator.ingest import UnmatchedPayment
+from orchestrator.inventory import Inventory
 from orchestrator.lifecycle import hold_end, lifecycle
 from orchestrator.policy import StepKind, load_policies
 from orchestrator.reconcile import Action, Current, reconcile
