@@ -62,7 +62,7 @@ def event_sets(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[int]]:
     count = draw(st.integers(1, 10))
     datas = [created, *draw(st.lists(DATA, min_size=count, max_size=count))]
     # Few distinct hours, so that ties in time are common.
-    hours = [0] + draw(st.lists(st.integers(0, 24 * 40), min_size=count, max_size=count))
+    hours = [0, *draw(st.lists(st.integers(0, 24 * 40), min_size=count, max_size=count))]
     items = [
         {"id": f"e{n}", "service": "s1", "at": (START + timedelta(hours=h)).isoformat(), "data": d}
         for n, (h, d) in enumerate(zip(hours, datas, strict=True))
