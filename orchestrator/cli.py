@@ -707,11 +707,16 @@ def demo(
         str, typer.Option(help="lab (real libvirtd), test (libvirt's test driver) or auto")
     ] = "auto",
     as_json: JsonFlag = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="also the whole journal, one row per step")
+    ] = False,
 ) -> None:
     """Live through ten weeks of a few customers of each of the five policies."""
     from orchestrator.demo import run_demo
 
-    code = run_demo(workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor)
+    code = run_demo(
+        workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor, verbose=verbose
+    )
     raise typer.Exit(code)
 
 
