@@ -712,8 +712,10 @@ def demo(
     ] = False,
 ) -> None:
     """Live through ten weeks of a few customers of each of the five policies."""
-    from orchestrator.demo import run_demo
+    from orchestrator.demo import HYPERVISORS, run_demo
 
+    if hypervisor not in HYPERVISORS:
+        raise _fail(f"unknown hypervisor {hypervisor!r} (choose {', '.join(HYPERVISORS)})")
     code = run_demo(
         workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor, verbose=verbose
     )

@@ -67,6 +67,7 @@ PAYS_AFTER_DUE = {
 STORIES = (*PAYS_AFTER_DUE, "never")
 CLOSED = date(2026, 12, 20)  # never-payers whose policy has a closure ladder close then
 WIB = ZoneInfo("Asia/Jakarta")
+HYPERVISORS = ("lab", "test", "auto")
 INVENTORIES = Path(__file__).resolve().parents[1] / "inventory"
 CHECKED = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
 HOSTS = {
@@ -389,4 +390,4 @@ def _stories(
     return stories
 
 
-__all__ = ["Output", "run_demo"]
+__all__ = ["HYPERVISORS", "Output", "run_demo"]

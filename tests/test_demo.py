@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.store.db import open_engine
 from orchestrator.store.models import StepRow
 from tests.conftest import REPO
@@ -153,3 +155,11 @@ def test_verbose_adds_the_whole_journal_after_the_progress(tmp_path: Path) -> No
     assert last_day < table < lines.index(next(x for x in lines if x.startswith(STORY_HEADER)))
     rows = [line for line in lines[table:] if "klikserver-kvm-vps-very-late" in line]
     assert any("restore" in row for row in rows)
+
+
+def test_an_unknown_hypervisor_is_refused_in_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--hypervisor", "qemu", "--workdir", str(workdir)])
+    assert result.exit_code == 2
+    assert "unknown hypervisor 'qemu' (choose lab, test, auto)" in result.output
+    assert not workdir.exists()
