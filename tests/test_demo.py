@@ -6,6 +6,7 @@ in CI or a log: there the progress is plain lines, one per simulated day.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.demo_report import print_story
 from orchestrator.store.db import open_engine
 from orchestrator.store.models import StepRow
 from tests.conftest import REPO
@@ -163,3 +166,21 @@ def test_an_unknown_hypervisor_is_refused_in_one_line_and_touches_nothing(tmp_pa
     assert result.exit_code == 2
     assert "unknown hypervisor 'qemu' (choose lab, test, auto)" in result.output
     assert not workdir.exists()
+
+
+def test_a_mismatch_is_counted_in_its_policy_header_and_printed_verbatim() -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160)
+    stories = {
+        "klikserver": [
+            {"service": "k-never", "product": "kvm_vps", "story": "never", "days": []},
+        ],
+        "herza": [{"service": "h-never", "product": "kvm_vps", "story": "never", "days": []}],
+    }
+    problem = "k-never: suspend expected 2026-12-06 ([5.1] overdue); journal has ['2026-12-07']"
+    print_story(console, [], [], stories, [problem], verbose=False)
+    text = buffer.getvalue()
+    assert "klikserver: 1 customers; 1 MISMATCHES" in text
+    assert "herza: 1 customers; the never-payer's steps match the timeline" in text
+    assert f"MISMATCH {problem}" in text
+    assert "every never-paying customer's" not in text
