@@ -301,12 +301,15 @@ def _live(
 
 
 def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
-    """Billing events (except the set-up) and the steps done, in the order they happened."""
+    """Billing events (except the set-up) and the steps done, in the order they happened.
+
+    A payment and the steps it caused share a moment; the payment comes first.
+    """
     with orchestrator.sessions() as session:
-        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
-        rows = [_step_line(row) for row in steps]
         billing = session.scalars(select(EventRow).where(EventRow.type.in_(SHOWN_EVENTS)))
-        rows += [_event_line(row) for row in billing]
+        rows = [_event_line(row) for row in billing]
+        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
+        rows += [_step_line(row) for row in steps]
     return sorted(rows, key=lambda r: (r["at"], r["service"]))
 
 

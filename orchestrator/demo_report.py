@@ -17,7 +17,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from orchestrator.engine import ApplyReport
@@ -91,9 +99,11 @@ class DayProgress:
     def __enter__(self) -> DayProgress:
         if self.console.is_terminal:
             self.bar = Progress(
+                SpinnerColumn(),  # alive while one apply creates the lab's guests for minutes
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 console=self.console,
                 transient=True,
             )
@@ -122,7 +132,7 @@ class DayProgress:
         self.steps.update(_step_label(step.kind, step.state) for step in report.steps)
         if self.bar is not None and self.task is not None:
             done = ", ".join(f"{kind} {n}" for kind, n in self.steps.items())
-            self.bar.update(self.task, description=f"{day}: {done or 'nothing due'}")
+            self.bar.update(self.task, description=f"{day}: {done or 'nothing done yet'}")
 
     def _move_to(self, now: datetime) -> date:
         """The day on the policies' clock; a new one flushes the line of the last."""
