@@ -30,6 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import select
 
 from drivers.base import DriverError, ServiceRef, load_compute
@@ -133,7 +134,7 @@ def run_demo(
 
 
 def _announce(console: Console, where: str, peers: list[Peer]) -> None:
-    console.print(f"running on {where}", highlight=False)
+    console.print(f"running on {escape(where)}", highlight=False)
     console.print(
         f"the breaker trips at {DEMO_BREAKER.min_count} destructive steps an hour here: "
         "a third of these few customers never pay, by design",
@@ -144,24 +145,23 @@ def _announce(console: Console, where: str, peers: list[Peer]) -> None:
 
 def _peers(orchestrator: Orchestrator, policies: dict[str, Policy]) -> list[Peer]:
     """Each product's host as the inventory has it, and the suspend methods its driver runs."""
-    hosts = orchestrator.inventory.hosts()
-    peers = []
-    for product, name in HOSTS.items():
-        host = hosts[name]
-        driver = orchestrator.driver(name)
-        asked = sorted(_suspend_methods(policies, product))
-        native = NATIVE_DRIVERS[product]
-        peers.append(
-            Peer(
-                product.value,
-                name,
-                host.driver,
-                host.uri,
-                None if host.driver == native else native,
-                {method: suspend_method(driver, method) for method in asked},
-            )
-        )
-    return peers
+    return [_peer(orchestrator, policies, product, host) for product, host in HOSTS.items()]
+
+
+def _peer(
+    orchestrator: Orchestrator, policies: dict[str, Policy], product: ProductKind, name: str
+) -> Peer:
+    host = orchestrator.inventory.hosts()[name]
+    driver = orchestrator.driver(name)
+    native = NATIVE_DRIVERS[product]
+    return Peer(
+        product.value,
+        name,
+        host.driver,
+        host.uri,
+        None if host.driver == native else native,
+        {m: suspend_method(driver, m) for m in sorted(_suspend_methods(policies, product))},
+    )
 
 
 def _suspend_methods(policies: dict[str, Policy], product: ProductKind) -> set[str]:
