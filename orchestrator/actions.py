@@ -35,8 +35,11 @@ from orchestrator.policy import Policy, ProductKind
 from orchestrator.reconcile import Action
 from orchestrator.store.models import StepRow
 
-# Until the IPMI and switch drivers exist, a host may stand in for dedicated
-# boxes and colocation with a hypervisor; their methods map to its nearest.
+# A hypervisor host may stand in for dedicated boxes and colocation (the
+# inventory's ``stands_in_for``: libvirt's test hypervisor, the lab's libvirtd)
+# where no BMC or router is at hand; it cannot cut power or shut a switch port,
+# so it runs its nearest method instead. The real drivers (ipmi, colo) have
+# their own methods and never take this path.
 STAND_IN_METHODS = {"power_off": "shutdown", "port_down": "cut_network"}
 
 
@@ -95,11 +98,17 @@ def _resume(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
     return _record(context.driver.resume(ref))
 
 
+def suspend_method(driver: ComputeDriver, asked: str) -> str:
+    """The method a suspension asked for runs on this driver as: its own, or a stand-in's."""
+    if Capability(f"suspend:{asked}") in driver.capabilities:
+        return asked
+    return STAND_IN_METHODS.get(asked, asked)
+
+
 def _suspend(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
-    method = json.loads(step.params).get("method") or "shutdown"
-    if Capability(f"suspend:{method}") not in context.driver.capabilities:
-        method = STAND_IN_METHODS.get(method, method)
-    return _record(context.driver.suspend(ref, method))
+    """The record names the method that really ran, which a stand-in host may change."""
+    method = suspend_method(context.driver, json.loads(step.params).get("method") or "shutdown")
+    return {**_record(context.driver.suspend(ref, method)), "method": method}
 
 
 def _resize(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:

@@ -811,11 +811,18 @@ def demo(
         str, typer.Option(help="lab (real libvirtd), test (libvirt's test driver) or auto")
     ] = "auto",
     as_json: JsonFlag = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="also the whole journal, one row per step")
+    ] = False,
 ) -> None:
     """Live through ten weeks of a few customers of each of the five policies."""
-    from orchestrator.demo import run_demo
+    from orchestrator.demo import HYPERVISORS, run_demo
 
-    code = run_demo(workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor)
+    if hypervisor not in HYPERVISORS:
+        raise _fail(f"unknown hypervisor {hypervisor!r} (choose {', '.join(HYPERVISORS)})")
+    code = run_demo(
+        workdir, ctx.obj.policies, as_json=as_json, hypervisor=hypervisor, verbose=verbose
+    )
     raise typer.Exit(code)
 
 

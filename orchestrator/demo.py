@@ -4,11 +4,19 @@ For every policy and product it sells, four customers: one who pays on
 time, one who pays after the suspension, one who pays after termination
 (days 6 and 11 after the due date), and one who never pays.
 A simulated clock ticks from late November 2026 into February 2027; billing
-events arrive on their days, and ``apply`` runs the due steps on libvirt's
-test hypervisor. The history printed at the end is read back from the
-journal, and each never-paying customer's suspend, reclaim, terminate and
-purge days are checked against the policy's own timeline: the demo exits
-non-zero if any differs.
+events arrive on their days, and ``apply`` runs the due steps.
+
+It tells its story while it runs, because on the real lab it takes minutes:
+first which product runs on which host, driver and peer (a hypervisor may
+stand in for a Proxmox cluster, a dedicated box or a colocation port, and
+the demo says so, with the suspend method that really ran), then a line per
+simulated day with the steps applied (on a terminal also a live bar), and at
+the end a story per policy, one line per customer, read back from the
+journal. ``verbose`` adds the whole journal as a table; ``as_json`` prints
+everything as one JSON document on stdout and the progress on stderr.
+Each never-paying customer's suspend, reclaim, terminate and purge days are
+checked against the policy's own timeline: the demo exits non-zero if any
+differs.
 """
 
 from __future__ import annotations
@@ -22,10 +30,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 from sqlalchemy import select
 
 from drivers.base import DriverError, ServiceRef, load_compute
+from orchestrator.actions import suspend_method
+from orchestrator.demo_report import (
+    SHOWN_EVENTS,
+    DayProgress,
+    Output,
+    Peer,
+    print_json,
+    print_peers,
+    print_story,
+    word,
+)
+from orchestrator.demo_report import output as make_output
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import parse_events
 from orchestrator.guards import BreakerSettings
@@ -48,8 +68,8 @@ PAYS_AFTER_DUE = {
 STORIES = (*PAYS_AFTER_DUE, "never")
 CLOSED = date(2026, 12, 20)  # never-payers whose policy has a closure ladder close then
 WIB = ZoneInfo("Asia/Jakarta")
+HYPERVISORS = ("lab", "test", "auto")
 INVENTORIES = Path(__file__).resolve().parents[1] / "inventory"
-SHOWN_EVENTS = ("invoice.paid", "service.renewed", "deposit.changed", "service.cancelled")
 CHECKED = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
 HOSTS = {
     ProductKind.KVM_VPS: "kvm-jkt-1",
@@ -57,7 +77,13 @@ HOSTS = {
     ProductKind.DEDICATED: "metal-jkt-1",
     ProductKind.COLOCATION: "metal-jkt-1",
 }
-console = Console(width=160)
+# The driver each product is sold on; any other driver on its host stands in.
+NATIVE_DRIVERS = {
+    ProductKind.KVM_VPS: "libvirt",
+    ProductKind.PROXMOX_VPS: "proxmox",
+    ProductKind.DEDICATED: "ipmi",
+    ProductKind.COLOCATION: "colo",
+}
 # A third of the demo's few customers never pay, by design; at the default
 # threshold the breaker would (rightly) stop the mass suspension on 6 December.
 DEMO_BREAKER = BreakerSettings(max_share=0.2, min_count=100)
@@ -72,26 +98,81 @@ class Customer:
 
 
 def run_demo(
-    workdir: Path, policies_dir: Path, as_json: bool = False, hypervisor: str = "auto"
+    workdir: Path,
+    policies_dir: Path,
+    as_json: bool = False,
+    hypervisor: str = "auto",
+    verbose: bool = False,
+    output: Output | None = None,
 ) -> int:
     """``hypervisor``: "lab" (a real libvirtd), "test" (libvirt's test driver), or "auto"."""
+    out = output or make_output(as_json)
     policies = load_policies(policies_dir)
+    customers = _customers(policies)
+    out.progress.print(
+        f"demo: ten weeks of {len(customers)} services of {len(policies)} policies, "
+        f"{START} to {END}; finding a hypervisor",
+        highlight=False,
+    )
     inventory, where = _inventory(hypervisor)
     orchestrator = _fresh_orchestrator(workdir, policies, inventory)
-    customers = _customers(policies)
+    peers = _peers(orchestrator, policies)
+    _announce(out.progress, where, peers)
     zone = next(iter(policies.values())).zone
-    events = _scenario(customers)
-    console.print(
-        f"demo: {len(customers)} services of {len(policies)} policies on {where}. The breaker "
-        f"trips at {DEMO_BREAKER.min_count} destructive steps an hour here: a third of these "
-        "few customers never pay, by design"
-    )
-    _live(orchestrator, events, zone)
+    with DayProgress(out.progress, START, (END - START).days + 1, zone) as progress:
+        _live(orchestrator, _scenario(customers), zone, progress)
     history = _history(orchestrator)
     mismatches = _check(orchestrator, customers, history)
-    _print(history, mismatches, as_json)
+    stories = _stories(history, customers)
+    if as_json:
+        print_json(out.result, peers, history, stories, mismatches)
+    else:
+        print_story(out.result, peers, history, stories, mismatches, verbose)
+    out.progress.print("removing the demo's machines", highlight=False)
     _remove_guests(orchestrator, customers)
     return 1 if mismatches else 0
+
+
+def _announce(console: Console, where: str, peers: list[Peer]) -> None:
+    console.print(f"running on {escape(where)}", highlight=False)
+    console.print(
+        f"the breaker trips at {DEMO_BREAKER.min_count} destructive steps an hour here: "
+        "a third of these few customers never pay, by design",
+        highlight=False,
+    )
+    print_peers(console, peers)
+
+
+def _peers(orchestrator: Orchestrator, policies: dict[str, Policy]) -> list[Peer]:
+    """Each product's host as the inventory has it, and the suspend methods its driver runs."""
+    return [_peer(orchestrator, policies, product, host) for product, host in HOSTS.items()]
+
+
+def _peer(
+    orchestrator: Orchestrator, policies: dict[str, Policy], product: ProductKind, name: str
+) -> Peer:
+    host = orchestrator.inventory.hosts()[name]
+    driver = orchestrator.driver(name)
+    native = NATIVE_DRIVERS[product]
+    return Peer(
+        product.value,
+        name,
+        host.driver,
+        host.uri,
+        None if host.driver == native else native,
+        {m: suspend_method(driver, m) for m in sorted(_suspend_methods(policies, product))},
+    )
+
+
+def _suspend_methods(policies: dict[str, Policy], product: ProductKind) -> set[str]:
+    return {
+        str(step.method)
+        for policy in policies.values()
+        if product in policy.products
+        for ladder in policy.products[product].ladders
+        for step in ladder.steps
+        if step.method is not None
+    }
 
 
 def _remove_guests(orchestrator: Orchestrator, customers: list[Customer]) -> None:
@@ -119,7 +200,7 @@ def _inventory(hypervisor: str) -> tuple[Inventory, str]:
     else:
         reason = "asked for"
     test = load_inventory(INVENTORIES / "lab.yaml")
-    return test, f"libvirt's test hypervisor (test:///default): {reason}"
+    return test, f"libvirt's test hypervisor (test:///default, in memory): {reason}"
 
 
 def _fresh_orchestrator(
@@ -195,7 +276,12 @@ def _anchor_events(anchors: set[Anchor], story: str) -> list[tuple[date, dict[st
     return events
 
 
-def _live(orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], zone: Any) -> None:
+def _live(
+    orchestrator: Orchestrator,
+    events: dict[date, list[dict[str, Any]]],
+    zone: Any,
+    progress: DayProgress,
+) -> None:
     """As the daemon's minutely tick would, but jumping straight to the next moment due."""
     arrivals = {
         datetime.combine(day, time(10), tzinfo=zone): batch for day, batch in events.items()
@@ -204,8 +290,10 @@ def _live(orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], 
     end = datetime.combine(END, time(23, 59), tzinfo=zone)
     while now <= end:
         if now in arrivals:
-            orchestrator.ingest(parse_events(json.dumps(arrivals.pop(now))), now, actor="billing")
-        orchestrator.apply(now, yes=True, actor="demo")
+            batch = arrivals.pop(now)
+            orchestrator.ingest(parse_events(json.dumps(batch)), now, actor="billing")
+            progress.arrived(now, len(batch))
+        progress.applied(now, orchestrator.apply(now, yes=True, actor="demo"))
         upcoming = [m for m in (orchestrator.next_due(), min(arrivals, default=None)) if m]
         if not upcoming:
             return
@@ -213,17 +301,22 @@ def _live(orchestrator: Orchestrator, events: dict[date, list[dict[str, Any]]], 
 
 
 def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
-    """Billing events (except the set-up) and the steps done, in the order they happened."""
+    """Billing events (except the set-up) and the steps done, in the order they happened.
+
+    A payment and the steps it caused share a moment; the payment comes first.
+    """
     with orchestrator.sessions() as session:
-        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
-        rows = [_step_line(row) for row in steps]
         billing = session.scalars(select(EventRow).where(EventRow.type.in_(SHOWN_EVENTS)))
-        rows += [_event_line(row) for row in billing]
+        rows = [_event_line(row) for row in billing]
+        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
+        rows += [_step_line(row) for row in steps]
     return sorted(rows, key=lambda r: (r["at"], r["service"]))
 
 
 def _step_line(row: StepRow) -> dict[str, Any]:
+    """``method`` is what the policy asked for, ``ran`` what the driver did (a stand-in differs)."""
     params = json.loads(row.params)
+    result = json.loads(row.result or "{}")
     at = row.started_at or row.created_at
     return {
         "at": at.isoformat(),
@@ -232,6 +325,7 @@ def _step_line(row: StepRow) -> dict[str, Any]:
         "action": row.kind,
         "why": params.get("why", ""),
         "method": params.get("method"),
+        "ran": result.get("method") if params.get("method") else None,
     }
 
 
@@ -243,6 +337,7 @@ def _event_line(row: EventRow) -> dict[str, Any]:
         "action": f"billing: {row.type}",
         "why": "",
         "method": None,
+        "ran": None,
     }
 
 
@@ -276,40 +371,26 @@ def _days_done(history: list[dict[str, Any]], service: str, step: StepKind) -> l
     return [h["day"] for h in history if h["service"] == service and h["action"] == step.value]
 
 
-def _print(history: list[dict[str, Any]], problems: list[str], as_json: bool) -> None:
-    if as_json:
-        console.print_json(json.dumps({"history": history, "problems": problems}))
-        return
-    table = Table(title="what happened when (from the journal)")
-    for column in ("day", "service", "step", "why"):
-        table.add_column(column, overflow="fold")
+def _stories(
+    history: list[dict[str, Any]], customers: list[Customer]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per policy, one entry per customer: each day something happened after set-up, and what."""
+    days: dict[str, dict[str, dict[str, None]]] = {}
     for h in history:
-        step = f"{h['action']} ({h['method']})" if h["method"] else h["action"]
-        table.add_row(h["day"], h["service"], step, h["why"])
-    console.print(table)
-    console.print(_summary(history))
-    for problem in problems:
-        console.print(f"[red]MISMATCH[/red] {problem}", highlight=False)
-    if not problems:
-        console.print(
-            "every never-paying customer's suspend, reclaim, terminate and purge days "
-            "match its policy's timeline and clause"
+        if h["day"] != START.isoformat():
+            days.setdefault(h["service"], {}).setdefault(h["day"], {})[word(h)] = None
+    stories: dict[str, list[dict[str, Any]]] = {}
+    for c in customers:
+        happened = days.get(c.service, {})
+        stories.setdefault(c.policy.name, []).append(
+            {
+                "service": c.service,
+                "product": c.product.value,
+                "story": c.story,
+                "days": [{"day": day, "what": list(what)} for day, what in happened.items()],
+            }
         )
+    return stories
 
 
-def _summary(history: list[dict[str, Any]]) -> Table:
-    """The never-paying customers' ladders side by side, one row each."""
-    table = Table(title="never-paying customers: the day each step ran")
-    table.add_column("service")
-    for step in CHECKED:
-        table.add_column(step.value)
-    services = dict.fromkeys(h["service"] for h in history if h["service"].endswith("-never"))
-    for service in sorted(services):
-        blank = "never (colocation)" if "-colocation-" in service else "-"
-        table.add_row(
-            service, *(", ".join(_days_done(history, service, s)) or blank for s in CHECKED)
-        )
-    return table
-
-
-__all__ = ["run_demo"]
+__all__ = ["HYPERVISORS", "Output", "run_demo"]
