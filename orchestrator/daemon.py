@@ -36,6 +36,7 @@ from orchestrator.engine import Orchestrator, Settings
 from orchestrator.inventory import load_inventory
 from orchestrator.policy import load_policies
 from orchestrator.redact import redact, redact_text
+from orchestrator.signing import target
 from orchestrator.store.db import migrate, open_engine
 
 log = logging.getLogger("orchestrator.daemon")
@@ -173,7 +174,8 @@ def notify_billing(config: dict[str, Any]) -> None:
             except httpx.TransportError as exc:
                 raise OSError(str(exc)) from exc
 
-        result = notify.deliver(_orchestrator(config).sessions, post, secret, datetime.now(UTC))
+        sessions, now = _orchestrator(config).sessions, datetime.now(UTC)
+        result = notify.deliver(sessions, post, secret, now, target(config["billing_url"]))
     if result.delivered or result.failed:
         log.info("notified", extra={"fields": asdict(result)})
 

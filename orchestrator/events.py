@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
+from orchestrator.jsondepth import depth_error
 from orchestrator.policy import ProductKind, ReasonOwner
 
 
@@ -161,6 +162,8 @@ _EVENTS = TypeAdapter(list[Event])
 
 def parse_events(raw: str | bytes) -> list[Event]:
     """One event (a JSON object) or many (an array, or one object per line)."""
+    if (too_deep := depth_error(raw)) is not None:
+        raise EventError(too_deep)
     try:
         parsed = json.loads(raw)
     except json.JSONDecodeError:
