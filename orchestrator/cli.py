@@ -98,7 +98,8 @@ def _orchestrator(ctx: typer.Context, migrate_store: bool = False) -> Orchestrat
     try:
         policies = load_policies(config.policies)
         inventory: Inventory = load_inventory(config.inventory)
-    except PolicyError as exc:
+        audit.settings()
+    except (PolicyError, audit.AuditKeyError) as exc:
         raise _fail(str(exc)) from None
     engine = open_engine(config.db)
     if migrate_store:
@@ -391,18 +392,26 @@ def _operator_event(ctx: typer.Context, service: str, data: dict[str, Any], at: 
 
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Check the audit trail's hash chain; exits 1 if anything was changed or removed."""
+    """Check the keyed chain and the exported checkpoints; exits 1 if anything was changed
+    or removed, or when no audit key is configured (then nothing can be vouched for)."""
     with _orchestrator(ctx).sessions() as session:
         result = audit.verify(session)
-    _emit(
-        {"entries": result.entries, "ok": result.ok, "problems": list(result.problems)},
-        as_json,
-        lambda d: out.print(
-            f"{d['entries']} entries: " + ("intact" if d["ok"] else "; ".join(d["problems"]))
-        ),
-    )
+    data = {
+        "entries": result.entries,
+        "checkpoints": result.checkpoints,
+        "ok": result.ok,
+        "problems": list(result.problems),
+    }
+    _emit(data, as_json, _audit_render)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _audit_render(data: dict[str, Any]) -> None:
+    summary = f"{data['entries']} entries, {data['checkpoints']} checkpoints: "
+    out.print(summary + ("intact" if data["ok"] else "NOT intact"), highlight=False)
+    for problem in data["problems"]:
+        out.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
 
 
 @breaker_app.command("status")
