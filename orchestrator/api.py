@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.engine import Orchestrator
 from orchestrator.events import EventError, NewService, Spec, parse_events
 from orchestrator.jsondepth import MAX_DEPTH, depth_error
+from orchestrator.redact import redact
 from orchestrator.signing import (
     MAX_AGE_SECONDS,
     MAX_AHEAD_SECONDS,
@@ -137,6 +138,7 @@ def create_app(
         raise ValueError("the hooks API needs at least one signing secret")
     app = FastAPI(title="Provisioning orchestrator hooks", version="2", description=DESCRIPTION)
     app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_exception_handler(HTTPException, _redacted)
 
     async def signed(
         request: Request,
@@ -213,6 +215,13 @@ def openapi_document() -> dict[str, Any]:
     return app.openapi()
 
 
+async def _redacted(_request: Request, exc: Exception) -> JSONResponse:
+    """Refusals quote what they refused: through the one redactor, like every face."""
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    return JSONResponse({"detail": redact(exc.detail)}, exc.status_code, exc.headers)
+
+
 def _signed_path(request: Request) -> str:
     """The path as sent, with its query: what the sender signed."""
     raw = request.scope.get("raw_path") or request.scope["path"].encode()
@@ -239,7 +248,7 @@ def _first_sight(orchestrator: Orchestrator, request_id: str, now: datetime) -> 
 def _ingest(orchestrator: Orchestrator, body: bytes, now: datetime, actor: str) -> Any:
     try:
         return orchestrator.ingest(parse_events(body), now, actor=actor)
-    except (EventError, UnicodeDecodeError) as exc:
+    except (EventError, UnicodeDecodeError, OverflowError) as exc:
         raise HTTPException(422, f"nothing was stored: {exc}") from None
 
 

@@ -230,3 +230,9 @@ def test_json_nested_too_deep_is_a_422_not_a_500(served: Served, path: str) -> N
     response = served.client.post(path, content=deep, headers=headers)
     assert response.status_code == 422 and "nested deeper than 32" in response.json()["detail"]
     assert served.events() == 0
+
+
+def test_a_refusal_quoting_a_secret_is_redacted(served: Served) -> None:
+    response = served.client.get("/v1/services/Authorization:%20Bearer%20hunter22secret")
+    assert response.status_code == 404 and "hunter22secret" not in response.text
+    assert response.json()["detail"] == "unknown service 'Authorization: ***'"
