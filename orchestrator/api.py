@@ -1,10 +1,16 @@
 """The billing system's hooks: signed events, module commands, reads, health, metrics.
 
 Served by ``orchestrator serve`` (uvicorn). Every write is signed (see
-``orchestrator.signing``); module commands take an ``Idempotency-Key``
+``orchestrator.signing``: method, path, time, request id and body) and a
+request id is taken once; module commands take an ``Idempotency-Key``
 whose first response is stored and replayed, and the same key with a
 different request is refused with 422. Writes only record facts: the
 scheduler's next tick (or ``orchestrator apply``) acts on them.
+
+Nothing is read before it is bounded: ``BodyLimit`` refuses a body over
+``MAX_BODY_BYTES`` by its Content-Length before reading a byte, and stops
+a chunked one at the limit; JSON nested deeper than ``jsondepth.MAX_DEPTH``
+is refused before it is parsed. Every refusal is a 4xx with a reason.
 """
 
 import hashlib
@@ -19,13 +25,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.engine import Orchestrator
 from orchestrator.events import EventError, NewService, Spec, parse_events
 from orchestrator.ingest import EventConflict
+from orchestrator.jsondepth import MAX_DEPTH, depth_error
+from orchestrator.redact import redact
 from orchestrator.signing import (
     MAX_AGE_SECONDS,
     MAX_AHEAD_SECONDS,
+    REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
@@ -41,6 +51,23 @@ from orchestrator.store.models import (
 from orchestrator.views import verdict_json
 
 Clock = Callable[[], datetime]
+MAX_BODY_BYTES = 1 << 20
+# A refused body is read on and thrown away up to this much, so the client
+# hears the 413 instead of a reset connection; past it the connection drops.
+DRAIN_BYTES = 256 << 20
+DESCRIPTION = f"""Every write is signed (scheme v2) with three headers:
+
+- `{TIMESTAMP_HEADER}`: Unix time in seconds, at most {MAX_AGE_SECONDS} s old and
+  {MAX_AHEAD_SECONDS} s ahead;
+- `{REQUEST_ID_HEADER}`: an id new for every request (1-80 of `A-Z a-z 0-9 _ . : -`);
+  a request id is accepted once (409 after);
+- `{SIGNATURE_HEADER}`: `sha256=` and the hex HMAC-SHA256, under a shared secret, of
+  `"v2\\nMETHOD\\nPATH\\nTIMESTAMP\\nREQUEST_ID\\n"` followed by the raw body, where
+  PATH is the path as sent (with `?query` if any).
+
+A body over {MAX_BODY_BYTES} bytes is refused with 413 before it is read; JSON nested
+deeper than {MAX_DEPTH} levels is refused with 422.
+"""
 Command = Literal["create", "suspend", "unsuspend", "terminate", "change-package"]
 
 
@@ -96,31 +123,40 @@ class Problem(BaseModel):
 
 SIGNED_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "unsigned, badly signed, stale or future-dated"},
-    409: {"model": Problem, "description": "a replayed request (signature already used)"},
+    409: {"model": Problem, "description": "a replayed request (its request id was used)"},
+    413: {"model": Problem, "description": f"a body over {MAX_BODY_BYTES} bytes"},
     422: {"model": Problem, "description": "nothing stored: the request is not valid"},
 }
 
 
 def create_app(
-    orchestrator: Orchestrator, secrets: Sequence[bytes], clock: Clock = lambda: datetime.now(UTC)
+    orchestrator: Orchestrator,
+    secrets: Sequence[bytes],
+    clock: Clock = lambda: datetime.now(UTC),
+    max_body: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     if not secrets:
         raise ValueError("the hooks API needs at least one signing secret")
-    app = FastAPI(title="Provisioning orchestrator hooks", version="1")
+    app = FastAPI(title="Provisioning orchestrator hooks", version="2", description=DESCRIPTION)
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+    app.add_exception_handler(HTTPException, _redacted)
 
     async def signed(
         request: Request,
         timestamp: Annotated[str | None, Header(alias=TIMESTAMP_HEADER)] = None,
+        request_id: Annotated[str | None, Header(alias=REQUEST_ID_HEADER)] = None,
         signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     ) -> bytes:
         body = await request.body()
         now = clock()
+        sent = {TIMESTAMP_HEADER: timestamp, REQUEST_ID_HEADER: request_id}
+        headers = {k: v for k, v in {**sent, SIGNATURE_HEADER: signature}.items() if v}
         try:
-            verify(secrets, timestamp, signature, body, now)
+            taken = verify(secrets, headers, request.method, _signed_path(request), body, now)
         except SignatureError as exc:
             raise HTTPException(401, f"unsigned or badly signed request: {exc}") from None
-        if not _first_sight(orchestrator, str(signature), now):
-            raise HTTPException(409, "replayed request: this signature was already used")
+        if not _first_sight(orchestrator, taken, now):
+            raise HTTPException(409, f"replayed request: request id {taken} was already used")
         return body
 
     @app.post("/v1/events", status_code=202, response_model=Accepted, responses=SIGNED_ERRORS)
@@ -180,13 +216,31 @@ def openapi_document() -> dict[str, Any]:
     return app.openapi()
 
 
-def _first_sight(orchestrator: Orchestrator, signature: str, now: datetime) -> bool:
-    """A signature is good once; it is forgotten when its timestamp could no longer pass."""
+async def _redacted(_request: Request, exc: Exception) -> JSONResponse:
+    """Refusals quote what they refused: through the one redactor, like every face."""
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    return JSONResponse({"detail": redact(exc.detail)}, exc.status_code, exc.headers)
+
+
+def _signed_path(request: Request) -> str:
+    """The path as sent, with its query: what the sender signed."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    path = bytes(raw).partition(b"?")[0].decode("latin-1")
+    query = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _first_sight(orchestrator: Orchestrator, request_id: str, now: datetime) -> bool:
+    """A request id is good once; it is forgotten when its timestamp could no longer pass.
+
+    The ids live in ``hook_signatures.signature`` (80 characters, as ids are).
+    """
     horizon = now - timedelta(seconds=MAX_AGE_SECONDS + MAX_AHEAD_SECONDS)
     try:
         with orchestrator.sessions.begin() as session:
             session.execute(delete(HookSignatureRow).where(HookSignatureRow.seen_at < horizon))
-            session.add(HookSignatureRow(signature=signature[:80], seen_at=now))
+            session.add(HookSignatureRow(signature=request_id, seen_at=now))
     except IntegrityError:
         return False
     return True
@@ -197,7 +251,7 @@ def _ingest(orchestrator: Orchestrator, body: bytes, now: datetime, actor: str) 
         return orchestrator.ingest(parse_events(body), now, actor=actor)
     except EventConflict as exc:
         raise HTTPException(409, str(exc)) from None
-    except (EventError, UnicodeDecodeError) as exc:
+    except (EventError, UnicodeDecodeError, OverflowError) as exc:
         raise HTTPException(422, f"nothing was stored: {exc}") from None
 
 
@@ -231,6 +285,8 @@ def _command(
 def _command_event(
     service_id: str, command: str, body: bytes, key: str | None, now: datetime
 ) -> dict[str, Any]:
+    if (too_deep := depth_error(body)) is not None:
+        raise HTTPException(422, f"bad {command} request: {too_deep}")
     try:
         raw = json.loads(body or b"{}")
         data = BODIES[command].model_validate(raw).model_dump(mode="json", exclude_none=True)
@@ -274,6 +330,66 @@ def _remember(
         stored = _stored(orchestrator, key)
         return json.loads(stored.body) if stored else content
     return content
+
+
+class BodyLimit:
+    """Refuses a body over ``max_bytes`` before it is read (413), whatever its framing.
+
+    A declared Content-Length over the limit is refused before the app runs;
+    a chunked body is counted as it arrives and refused at the limit. Either
+    way the rest is read on and discarded (up to ``DRAIN_BYTES``), never kept.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _drain(receive)
+            await JSONResponse({"detail": self._reason()}, 413)(scope, receive, send)
+            return
+        await self.app(scope, self._capped(receive), send)
+
+    def _capped(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if message.get("more_body"):
+                        await _drain(receive)
+                    raise HTTPException(413, self._reason())
+            return message
+
+        return capped
+
+    def _reason(self) -> str:
+        return f"request body too large: at most {self.max_bytes} bytes"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+async def _drain(receive: Receive) -> None:
+    drained = 0
+    while drained <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 def prometheus_text(orchestrator: Orchestrator) -> str:

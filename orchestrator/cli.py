@@ -32,10 +32,11 @@ from orchestrator.engine import Orchestrator, Settings
 from orchestrator.events import Event, EventError, parse_events
 from orchestrator.inventory import Inventory, load_inventory
 from orchestrator.policy import load_policies, load_policy, policy_schema
-from orchestrator.store.db import database_url, migrate, open_engine
+from orchestrator.redact import redact_text
+from orchestrator.store.db import StoreError, database_url, migrate, open_engine, reachable
 from orchestrator.store.models import NotificationRow, ServiceRow, StepRow
 from orchestrator.views import verdict_json
-from orchestrator.yamlerrors import PolicyError
+from orchestrator.yamlerrors import PolicyError, read_text
 
 REPO = Path(__file__).resolve().parents[1]
 app = typer.Typer(no_args_is_help=True, help="Applies billing state to hosting infrastructure.")
@@ -63,8 +64,25 @@ for sub, name in [
     (events_app, "events"),
 ]:
     app.add_typer(sub, name=name)
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+
+
+class Plain(Console):
+    """Operator output: every string shown as written, redacted, never read as Rich markup.
+
+    Error texts and ids come from drivers, billing and operators: ``disk [sda]
+    failed`` must show its brackets and ``[/var/log/x]`` must not raise
+    MarkupError, and a driver error quoting a token must not show it. Rich turns
+    every string it meets (printed, table cell, title) into Text here, so this
+    one override covers them all; styled output is built as ``Text`` instead.
+    """
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        options.update(markup=False, emoji=False)
+        return super().render_str(redact_text(text), **options)
+
+
+out = Plain()
+err = Plain(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON")]
 AtOption = Annotated[str | None, typer.Option("--at", help="a date or ISO time; default now")]
@@ -93,18 +111,21 @@ def main_options(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err.print(Text.assemble(("error:", "red"), " ", redact_text(message)), highlight=False)
     return typer.Exit(code)
 
 
 def _orchestrator(ctx: typer.Context, migrate_store: bool = False) -> Orchestrator:
     config: Config = ctx.obj
+    if not config.policies.is_dir():
+        raise _fail(f"--policies {config.policies}: no such directory")
     try:
         policies = load_policies(config.policies)
         inventory: Inventory = load_inventory(config.inventory)
-    except PolicyError as exc:
+        audit.settings()
+        engine = reachable(open_engine(config.db))
+    except (PolicyError, audit.AuditKeyError, StoreError) as exc:
         raise _fail(str(exc)) from None
-    engine = open_engine(config.db)
     if migrate_store:
         migrate(engine)
     return Orchestrator(engine, policies, inventory, Settings.from_environment())
@@ -130,7 +151,7 @@ def parse_at(text: str | None) -> datetime:
 
 def _emit(data: Any, as_json: bool, render: Any = None) -> None:
     if as_json or render is None:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        sys.stdout.write(redact_text(json.dumps(data, indent=2, default=str)) + "\n")
     else:
         render(data)
 
@@ -181,7 +202,7 @@ def event(
     at: AtOption = None,
 ) -> None:
     """Take in billing events (one object, an array, or one per line); replays are ignored."""
-    raw = sys.stdin.read() if source == "-" else _read(Path(source))
+    raw = _stdin() if source == "-" else _read(Path(source))
     try:
         events = parse_events(raw)
         report = _orchestrator(ctx).ingest(events, parse_at(at), actor="cli")
@@ -192,9 +213,16 @@ def event(
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
-    except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc.strerror}") from None
+        return read_text(path)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _stdin() -> str:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(f"stdin: not UTF-8 text (byte {exc.start})") from None
 
 
 # -- reading -----------------------------------------------------------------
@@ -254,8 +282,12 @@ def explain(
 
 def _explain_render(data: dict[str, Any]) -> None:
     out.print(
-        f"[bold]{data['service']}[/bold] ({data['policy']}) at {data['at']}: "
-        f"[bold]{data['phase']}[/bold]; next change {data['next_transition'] or 'none'}"
+        Text.assemble(
+            (redact_text(data["service"]), "bold"),
+            f" ({data['policy']}) at {data['at']}: ",
+            (data["phase"], "bold"),
+            f"; next change {data['next_transition'] or 'none'}",
+        )
     )
     for reason in data["reasons"]:
         out.print(f"  reason [{reason['owner']}] {reason['detail']}", highlight=False, markup=False)
@@ -469,7 +501,14 @@ def hold_add(
 
 @hold_app.command("remove")
 def hold_remove(ctx: typer.Context, service: str, hold_id: str, at: AtOption = None) -> None:
-    """Release a hold by its id (see ``explain``)."""
+    """Release a hold by its id (see ``explain``); an id the service does not hold is refused."""
+    try:
+        holds = [hold.id for hold in _orchestrator(ctx).facts(service).holds]
+    except KeyError:
+        raise _fail(f"unknown service {service!r}") from None
+    if hold_id not in holds:
+        known = ", ".join(holds) or "none"
+        raise _fail(f"{service} has no hold {hold_id!r} (its holds: {known})")
     _operator_event(ctx, service, {"type": "hold.released", "hold": hold_id}, at)
     out.print(f"released hold {hold_id} on {service}")
 
@@ -495,18 +534,26 @@ def _operator_event(ctx: typer.Context, service: str, data: dict[str, Any], at: 
 
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Check the audit trail's hash chain; exits 1 if anything was changed or removed."""
+    """Check the keyed chain and the exported checkpoints; exits 1 if anything was changed
+    or removed, or when no audit key is configured (then nothing can be vouched for)."""
     with _orchestrator(ctx).sessions() as session:
         result = audit.verify(session)
-    _emit(
-        {"entries": result.entries, "ok": result.ok, "problems": list(result.problems)},
-        as_json,
-        lambda d: out.print(
-            f"{d['entries']} entries: " + ("intact" if d["ok"] else "; ".join(d["problems"]))
-        ),
-    )
+    data = {
+        "entries": result.entries,
+        "checkpoints": result.checkpoints,
+        "ok": result.ok,
+        "problems": list(result.problems),
+    }
+    _emit(data, as_json, _audit_render)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _audit_render(data: dict[str, Any]) -> None:
+    summary = f"{data['entries']} entries, {data['checkpoints']} checkpoints: "
+    out.print(summary + ("intact" if data["ok"] else "NOT intact"), highlight=False)
+    for problem in data["problems"]:
+        out.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
 
 
 @breaker_app.command("status")
@@ -874,8 +921,12 @@ def _ips_show_render(data: dict[str, Any]) -> None:
     holder = data["service_id"] or data["last_service_id"] or "nobody"
     until = f" until {data['quarantine_until']}" if data["quarantine_until"] else ""
     out.print(
-        f"[bold]{data['address']}[/bold] ({data['pool']}): [bold]{data['state']}[/bold]"
-        f"{until}; service {holder}",
+        Text.assemble(
+            (data["address"], "bold"),
+            f" ({data['pool']}): ",
+            (data["state"], "bold"),
+            redact_text(f"{until}; service {holder}"),
+        ),
         highlight=False,
     )
     for h in data["history"]:

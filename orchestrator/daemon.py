@@ -36,6 +36,7 @@ from orchestrator.engine import Orchestrator, Settings
 from orchestrator.inventory import load_inventory
 from orchestrator.policy import load_policies
 from orchestrator.redact import redact, redact_text
+from orchestrator.signing import target
 from orchestrator.store.db import migrate, open_engine
 
 log = logging.getLogger("orchestrator.daemon")
@@ -123,10 +124,20 @@ def leadership_for(url: str) -> Leadership:
 
 
 _orchestrators: dict[str, Orchestrator] = {}
+# The settings that may carry a password (the store's URL, billing's URL) stay in
+# this process: the job store pickles each job's arguments into the database.
+_SECRET_SETTINGS = ("db", "billing_url")
+_process_settings: dict[str, Any] = {}
 
 
-def _orchestrator(config: dict[str, Any]) -> Orchestrator:
+def _job_config(config: DaemonConfig) -> dict[str, Any]:
+    """What a job carries in the job store: the configuration without a secret in it."""
+    return {k: v for k, v in asdict(config).items() if k not in _SECRET_SETTINGS}
+
+
+def _orchestrator(job_config: dict[str, Any]) -> Orchestrator:
     """One per process and configuration: jobs arrive by reference from the job store."""
+    config = {**job_config, **_process_settings}
     key = json.dumps(config, sort_keys=True)
     if key not in _orchestrators:
         engine = open_engine(config["db"])
@@ -161,6 +172,7 @@ def notify_billing(config: dict[str, Any]) -> None:
     """Deliver queued notifications; the secret is read here, never kept in the job store."""
     import httpx
 
+    billing_url = _process_settings["billing_url"]
     secret = os.environ.get("ORCHESTRATOR_BILLING_SECRET", "").encode()
     if not secret:
         log.error("ORCHESTRATOR_BILLING_SECRET is not set: notifications stay queued")
@@ -169,11 +181,12 @@ def notify_billing(config: dict[str, Any]) -> None:
 
         def post(body: bytes, headers: dict[str, str]) -> int:
             try:
-                return client.post(config["billing_url"], content=body, headers=headers).status_code
+                return client.post(billing_url, content=body, headers=headers).status_code
             except httpx.TransportError as exc:
                 raise OSError(str(exc)) from exc
 
-        result = notify.deliver(_orchestrator(config).sessions, post, secret, datetime.now(UTC))
+        sessions, now = _orchestrator(config).sessions, datetime.now(UTC)
+        result = notify.deliver(sessions, post, secret, now, target(billing_url))
     if result.delivered or result.failed:
         log.info("notified", extra={"fields": asdict(result)})
 
@@ -261,8 +274,9 @@ def _scheduler(config: DaemonConfig) -> Any:
     ]
     if config.billing_url:
         jobs.append((notify_billing, "notify-billing", config.tick_seconds))
+    _process_settings.update({name: getattr(config, name) for name in _SECRET_SETTINGS})
     for function, job_id, seconds in jobs:
-        _ensure_job(scheduler, function, job_id, seconds, {"config": asdict(config)})
+        _ensure_job(scheduler, function, job_id, seconds, {"config": _job_config(config)})
     return scheduler
 
 

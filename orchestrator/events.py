@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.jsondepth import depth_error
 from orchestrator.policy import ProductKind, ReasonOwner
 
 
@@ -229,6 +230,8 @@ _EVENTS = TypeAdapter(list[Event])
 
 def parse_events(raw: str | bytes) -> list[Event]:
     """One event (a JSON object) or many (an array, or one object per line)."""
+    if (too_deep := depth_error(raw)) is not None:
+        raise EventError(too_deep)
     try:
         parsed = json.loads(raw)
     except json.JSONDecodeError:

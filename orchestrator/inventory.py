@@ -13,8 +13,9 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.base import COMPUTE_DRIVERS, NETWORK_DRIVERS
 from orchestrator.yamlerrors import Located, load_yaml_model
 
 
@@ -146,11 +147,23 @@ PORT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$"
 PORT_MACHINES = frozenset({"colo"})
 
 
+def _registered(name: str, registry: dict[str, str], what: str) -> str:
+    """A driver the registry knows, else refused at load: not at the first step on that host."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} driver {name!r} (known: {', '.join(sorted(registry))})")
+    return name
+
+
 class Router(Strict):
     """A router (or switch) whose ports the orchestrator opens, shuts and routes addresses to."""
 
     driver: str = "router"
     options: dict[str, Any] = Field({}, description="passed to the network driver as it is")
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, name: str) -> str:
+        return _registered(name, NETWORK_DRIVERS, "network")
 
 
 class Uplink(Strict):
@@ -179,6 +192,11 @@ class HostVars(Strict):
     uplink: Uplink | None = Field(
         None, description="the router port its addresses are routed to (colocation: its port)"
     )
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, name: str) -> str:
+        return _registered(name, COMPUTE_DRIVERS, "compute")
 
 
 class Group(Strict):
@@ -214,6 +232,17 @@ class AllGroup(Strict):
 
 class Inventory(Strict):
     all: AllGroup
+
+    @model_validator(mode="after")
+    def _hosts_once(self) -> Inventory:
+        """A host in two groups would have two sets of variables: which driver, which pool?"""
+        seen: dict[str, str] = {}
+        for where, name, _ in sorted(self._located_hosts(), key=lambda found: found[0]):
+            group = "/".join(part for part in where[2:-2] if part != "children")
+            if name in seen:
+                raise Located(f"host {name} is listed in {seen[name]} and in {group}", where)
+            seen[name] = group
+        return self
 
     @model_validator(mode="after")
     def _pools_known(self) -> Inventory:

@@ -4,8 +4,10 @@ A notification is written in the same transaction as the step outcome it
 reports, so none is lost and none is invented. Delivery takes them oldest
 first and stops at the first failure, so the billing system sees them in
 order; each carries its own ``event_id`` for the receiver to de-duplicate
-by. A notification that keeps failing (``MAX_ATTEMPTS``) moves to the dead
-letters, where an operator finds it (``notifications list``) and replays it.
+by, and is signed as the hooks are (``orchestrator.signing``, scheme v2: a
+POST to the billing URL's path, a fresh request id per attempt). A
+notification that keeps failing (``MAX_ATTEMPTS``) moves to the dead letters,
+where an operator finds it (``notifications list``) and replays it.
 """
 
 from __future__ import annotations
@@ -105,8 +107,11 @@ class Delivery:
     dead: int
 
 
-def deliver(sessions: sessionmaker[Session], post: Post, secret: bytes, now: datetime) -> Delivery:
-    """Send what is due, oldest first; the first failure stops the round, to keep order."""
+def deliver(
+    sessions: sessionmaker[Session], post: Post, secret: bytes, now: datetime, path: str
+) -> Delivery:
+    """Send what is due, oldest first, signed for ``path`` (the billing URL's);
+    the first failure stops the round, to keep order."""
     delivered = dead = 0
     with sessions() as session:
         due = list(
@@ -117,7 +122,7 @@ def deliver(sessions: sessionmaker[Session], post: Post, secret: bytes, now: dat
             )
         )
     for notification_id in due:
-        outcome = _send(sessions, notification_id, post, secret, now)
+        outcome = _send(sessions, notification_id, post, (secret, path), now)
         if outcome == DELIVERED:
             delivered += 1
             continue
@@ -127,7 +132,11 @@ def deliver(sessions: sessionmaker[Session], post: Post, secret: bytes, now: dat
 
 
 def _send(
-    sessions: sessionmaker[Session], notification_id: int, post: Post, secret: bytes, now: datetime
+    sessions: sessionmaker[Session],
+    notification_id: int,
+    post: Post,
+    signer: tuple[bytes, str],
+    now: datetime,
 ) -> str:
     with sessions.begin() as session:
         row = session.get(NotificationRow, notification_id)
@@ -137,7 +146,8 @@ def _send(
             return PENDING
         body = row.body.encode()
         try:
-            status = post(body, signed_headers(secret, int(now.timestamp()), body))
+            secret, path = signer
+            status = post(body, signed_headers(secret, "POST", path, int(now.timestamp()), body))
             error = None if 200 <= status < 300 else f"HTTP {status}"
         except OSError as exc:
             error = redact_text(str(exc))

@@ -2,7 +2,9 @@
 
 Anything stored or printed passes through ``redact``: values under a key
 that names a secret are replaced, credentials embedded in URLs
-(``scheme://user:password@host``) lose their password, and every secret
+(``scheme://user:password@host``) lose their password, so do credential
+headers an endpoint echoes (``Authorization: ...``, a Proxmox
+``PVEAPIToken=user!id=secret``), and every secret
 this process has resolved (``register_secret``, called by
 ``orchestrator.credentials``) is masked wherever it appears, so a driver
 error quoting a password by accident is scrubbed too.
@@ -21,6 +23,14 @@ SECRET_KEYS = re.compile(
     re.IGNORECASE,
 )
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+# Credentials an endpoint echoes back in an error, even ones this process never
+# resolved: an HTTP credential header's value, a Proxmox API token's secret part.
+HEADER_CREDENTIAL = re.compile(
+    r"(?P<name>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
+    r"(?P<value>(?![\s\"']*PVEAPIToken=)[^\r\n\"',}]+)",
+    re.IGNORECASE,
+)
+PVE_TOKEN = re.compile(r"(?P<name>PVEAPIToken=[^=\s\"']+=)[^\s\"',}]+")
 MASK = "***"
 # Shorter values would mask ordinary words; real secrets are longer.
 MIN_REGISTERED_LENGTH = 6
@@ -46,6 +56,8 @@ def redact(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     text = URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = PVE_TOKEN.sub(lambda m: f"{m.group('name')}{MASK}", text)
+    text = HEADER_CREDENTIAL.sub(lambda m: f"{m.group('name')}{MASK}", text)
     for secret in sorted(_registered, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)

@@ -53,7 +53,29 @@ class Located(ValueError):
 
 
 class Loader(yaml.SafeLoader):
-    """The safe loader, plus Ansible's ``!vault`` tag for encrypted secrets in inventories."""
+    """The safe loader, plus Ansible's ``!vault`` tag for encrypted secrets in inventories.
+
+    A key written twice in one mapping is refused: YAML would keep the last
+    silently, so ``suspend: 5d`` further down would quietly win over the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        _refuse_duplicates(node)
+        return super().construct_mapping(node, deep)
+
+
+def _refuse_duplicates(node: yaml.MappingNode) -> None:
+    """Written keys only: a merge (``<<``) may be overridden, that is what it is for."""
+    first: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        if key.value in first:
+            raise yaml.constructor.ConstructorError(
+                problem=f"key {key.value!r} is written twice (first on line {first[key.value]})",
+                problem_mark=key.start_mark,
+            )
+        first[key.value] = key.start_mark.line + 1
 
 
 def _vault(loader: yaml.SafeLoader, node: yaml.Node) -> VaultText:
@@ -64,10 +86,7 @@ Loader.add_constructor("!vault", _vault)
 
 
 def load_yaml_model(path: Path, model: type[M]) -> M:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
+    text = read_text(path)
     try:
         root = yaml.compose(text, Loader=Loader)
         data = yaml.load(text, Loader=Loader)
@@ -81,6 +100,19 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
     except ValidationError as exc:
         problems = [_problem(path, root, error) for error in exc.errors()]
         raise PolicyError("\n".join(str(p) for p in problems), problems) from None
+
+
+def read_text(path: Path) -> str:
+    """A file's UTF-8 text, or a PolicyError naming the file (and line) that is not."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PolicyError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _problem(path: Path, root: yaml.Node | None, error: Any) -> Problem:

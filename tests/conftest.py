@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 settings.register_profile("long", max_examples=100_000)
 WIB = ZoneInfo("Asia/Jakarta")
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# The audit chain is keyed in every test, as in production; the CLI's subprocesses inherit it.
+os.environ.setdefault("ORCHESTRATOR_TEST_AUDIT_KEY", "audit-key-of-the-test-suite")
+os.environ.setdefault("ORCHESTRATOR_AUDIT_KEY", "env:ORCHESTRATOR_TEST_AUDIT_KEY")
 
 
 @pytest.fixture(scope="session")

@@ -45,11 +45,12 @@ class Served:
         skew: int = 0,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
+        request_id: str | None = None,
     ) -> httpx.Response:
         raw = json.dumps(payload).encode()
         stamp = int(self.clock.now.timestamp()) + skew
         sent = {
-            **signed_headers(secret, stamp, raw),
+            **signed_headers(secret, "POST", path, stamp, raw, request_id),
             "Content-Type": "application/json",
             **(headers or {}),
         }
@@ -105,7 +106,7 @@ def test_tampered_and_replayed_requests_change_nothing(served: Served) -> None:
     assert served.post("/v1/events", created("h1"), body=tampered).status_code == 401
     raw = json.dumps(created("h1")).encode()
     headers = {
-        **signed_headers(NEW, int(served.clock.now.timestamp()), raw),
+        **signed_headers(NEW, "POST", "/v1/events", int(served.clock.now.timestamp()), raw),
         "Content-Type": "application/json",
     }
     assert served.client.post("/v1/events", content=raw, headers=headers).status_code == 202
@@ -169,3 +170,69 @@ def test_health_metrics_and_the_published_openapi(served: Served) -> None:
     published = json.loads((REPO / "orchestrator" / "openapi.json").read_text())
     assert served.client.get("/openapi.json").json() == published
     assert served.client.get("/v1/services/nope").status_code == 404
+
+
+def test_a_signature_for_one_command_is_refused_at_another(served: Served) -> None:
+    """Finding 4: method and path are signed, so a captured `{}` cannot be redirected."""
+    served.post("/v1/events", [created("ha"), created("hb")])
+    raw = b"{}"
+    stamp = int(served.clock.now.timestamp())
+    captured = signed_headers(NEW, "POST", "/v1/services/ha/unsuspend", stamp, raw)
+    moved = served.client.post("/v1/services/hb/terminate", content=raw, headers=captured)
+    assert moved.status_code == 401 and "signature does not match" in moved.json()["detail"]
+    as_put = served.client.put("/v1/services/ha/unsuspend", content=raw, headers=captured)
+    assert as_put.status_code == 405
+    assert served.events() == 2
+
+
+def test_two_commands_with_one_body_in_one_second_are_both_taken(served: Served) -> None:
+    """Finding 5: replays are told apart by request id, not by what the body says."""
+    served.post("/v1/events", [created("ha"), created("hb")])
+    first = served.post("/v1/services/ha/suspend", {}, request_id="billing-1")
+    second = served.post("/v1/services/hb/suspend", {}, request_id="billing-2")
+    assert (first.status_code, second.status_code) == (202, 202)
+    replayed = served.post("/v1/services/ha/suspend", {}, request_id="billing-1")
+    assert replayed.status_code == 409 and "billing-1" in replayed.json()["detail"]
+    assert served.events() == 4
+
+
+@pytest.mark.parametrize("request_id", ["", "has space", "x" * 81])
+def test_a_bad_request_id_is_refused(served: Served, request_id: str) -> None:
+    raw = json.dumps(created("h1")).encode()
+    stamp = int(served.clock.now.timestamp())
+    headers = signed_headers(NEW, "POST", "/v1/events", stamp, raw, "placeholder")
+    headers["X-Orchestrator-Request-Id"] = request_id
+    response = served.client.post("/v1/events", content=raw, headers=headers)
+    assert response.status_code == 401 and served.events() == 0
+
+
+def _chunks(total: int, size: int = 1 << 16) -> Iterator[bytes]:
+    for _ in range(total // size):
+        yield b" " * size
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_refused_413(served: Served, declared: bool) -> None:
+    total = 4 << 20
+    headers = {"Content-Length": str(total)} if declared else {}
+    response = served.client.post("/v1/events", content=_chunks(total), headers=headers)
+    assert response.status_code == 413 and "at most 1048576 bytes" in response.json()["detail"]
+    assert served.events() == 0
+    assert served.post("/v1/events", created("h1")).status_code == 202
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/services/h1/suspend"])
+def test_json_nested_too_deep_is_a_422_not_a_500(served: Served, path: str) -> None:
+    """Finding 10: a body of 100,000 brackets would recurse json.loads to death."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    stamp = int(served.clock.now.timestamp())
+    headers = signed_headers(NEW, "POST", path, stamp, deep)
+    response = served.client.post(path, content=deep, headers=headers)
+    assert response.status_code == 422 and "nested deeper than 32" in response.json()["detail"]
+    assert served.events() == 0
+
+
+def test_a_refusal_quoting_a_secret_is_redacted(served: Served) -> None:
+    response = served.client.get("/v1/services/Authorization:%20Bearer%20hunter22secret")
+    assert response.status_code == 404 and "hunter22secret" not in response.text
+    assert response.json()["detail"] == "unknown service 'Authorization: ***'"

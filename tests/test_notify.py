@@ -20,6 +20,7 @@ from orchestrator.store.models import NotificationRow
 from tests.conftest import REPO, created, events, invoice, paid, wib
 
 SECRET = b"billing-shared-secret"
+PATH = "/orchestrator"
 
 
 class Billing(BaseHTTPRequestHandler):
@@ -30,13 +31,7 @@ class Billing(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        verify(
-            [SECRET],
-            self.headers["X-Orchestrator-Timestamp"],
-            self.headers["X-Orchestrator-Signature"],
-            body,
-            self.now,
-        )
+        verify([SECRET], self.headers, "POST", self.path, body, self.now)
         event_id = json.loads(body)["id"]
         if event_id not in self.seen:
             self.seen.append(event_id)
@@ -60,7 +55,7 @@ def post(billing_port: int) -> Iterator[notify.Post]:
         def send(body: bytes, headers: dict[str, str]) -> int:
             try:
                 return client.post(
-                    f"http://127.0.0.1:{billing_port}/orchestrator", content=body, headers=headers
+                    f"http://127.0.0.1:{billing_port}{PATH}", content=body, headers=headers
                 ).status_code
             except httpx.TransportError as exc:
                 raise OSError(str(exc)) from exc
@@ -81,7 +76,7 @@ def test_billing_down_then_up_gets_everything_in_order_once(
 ) -> None:
     sid = "n-1"
     _lifecycle(orchestrator, sid)
-    down = notify.deliver(orchestrator.sessions, post, SECRET, wib(2026, 12, 7, 11))
+    down = notify.deliver(orchestrator.sessions, post, SECRET, wib(2026, 12, 7, 11), PATH)
     assert down.delivered == 0 and down.failed == 1
     with orchestrator.sessions() as session:
         queued = session.scalars(select(NotificationRow).order_by(NotificationRow.id)).all()
@@ -91,12 +86,12 @@ def test_billing_down_then_up_gets_everything_in_order_once(
     server = HTTPServer(("127.0.0.1", billing_port), Billing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        early = notify.deliver(orchestrator.sessions, post, SECRET, wib(2026, 12, 7, 11, 0))
+        early = notify.deliver(orchestrator.sessions, post, SECRET, wib(2026, 12, 7, 11, 0), PATH)
         assert (
             early.delivered == 0
         )  # the first one waits out its backoff, and keeps the others back
-        up = notify.deliver(orchestrator.sessions, post, SECRET, Billing.now)
-        again = notify.deliver(orchestrator.sessions, post, SECRET, Billing.now)
+        up = notify.deliver(orchestrator.sessions, post, SECRET, Billing.now, PATH)
+        again = notify.deliver(orchestrator.sessions, post, SECRET, Billing.now, PATH)
     finally:
         server.shutdown()
     assert up.delivered == 3 and again.delivered == 0
@@ -109,14 +104,14 @@ def test_a_notification_that_keeps_failing_is_dead_lettered_and_replayable(
     _lifecycle(orchestrator, "n-2")
     moment = wib(2026, 12, 8)
     for _ in range(notify.MAX_ATTEMPTS):
-        notify.deliver(orchestrator.sessions, lambda body, headers: 503, SECRET, moment)
+        notify.deliver(orchestrator.sessions, lambda body, headers: 503, SECRET, moment, PATH)
         moment = moment.replace(hour=moment.hour + 1) if moment.hour < 23 else moment
     with orchestrator.sessions() as session:
         first = session.scalars(select(NotificationRow).order_by(NotificationRow.id)).first()
         assert first is not None and first.state == notify.DEAD and first.last_error == "HTTP 503"
     with orchestrator.sessions.begin() as session:
         assert notify.replay(session, first.id, moment)
-    result = notify.deliver(orchestrator.sessions, lambda body, headers: 200, SECRET, moment)
+    result = notify.deliver(orchestrator.sessions, lambda body, headers: 200, SECRET, moment, PATH)
     assert result.delivered == 3
 
 

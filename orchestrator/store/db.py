@@ -14,6 +14,9 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from orchestrator.redact import redact_text
 
 DEFAULT_URL = "sqlite:///orchestrator.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -23,7 +26,31 @@ def database_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("ORCHESTRATOR_DB") or DEFAULT_URL
 
 
+class StoreError(Exception):
+    """The store cannot be opened; the message names its URL, never its password."""
+
+
 def open_engine(url: str) -> Engine:
+    try:
+        return _engine(url)
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(f"{redact_text(url)} is not a store URL: {exc}") from None
+
+
+def reachable(engine: Engine) -> Engine:
+    """The engine, once a connection opened: a dead server or an unopenable file is
+    one line saying which, before any command half-runs."""
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        lines = str(exc.orig).strip().splitlines() or [type(exc.orig).__name__]
+        where = engine.url.render_as_string(hide_password=True)
+        raise StoreError(f"cannot open the store {where}: {redact_text(lines[0])}") from None
+    return engine
+
+
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)

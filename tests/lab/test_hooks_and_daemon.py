@@ -87,7 +87,8 @@ def _wait(condition, seconds: float = 120) -> None:  # type: ignore[no-untyped-d
 
 def _post(client: httpx.Client, payload: object) -> httpx.Response:
     body = json.dumps(payload).encode()
-    headers = {**signed_headers(SECRET, int(time.time()), body), "Content-Type": "application/json"}
+    signed = signed_headers(SECRET, "POST", "/v1/events", int(time.time()), body)
+    headers = {**signed, "Content-Type": "application/json"}
     return client.post("/v1/events", content=body, headers=headers)
 
 
