@@ -74,6 +74,11 @@ class NewService(Strict):
     host: str = Field(min_length=1)
     spec: Spec = Spec()
     subscription_end: Day | None = None
+    awaiting_payment: bool = Field(
+        False,
+        description="the order is not paid yet: where the policy activates after the first "
+        "payment, nothing is provisioned until an invoice is paid",
+    )
 
 
 class ServiceCreated(NewService):

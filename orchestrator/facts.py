@@ -98,6 +98,7 @@ class Facts:
     settled: dict[str, datetime] = field(default_factory=dict)
     reopened: dict[str, datetime] = field(default_factory=dict)
     first_paid_at: datetime | None = None
+    awaiting_payment: bool = False
     subscription_end: date | None = None
     deposit: tuple[DepositReading, ...] = ()
     closed_at: datetime | None = None
@@ -163,6 +164,7 @@ def _fold(facts: Facts, event: Event) -> Facts:
                 spec=data.spec.model_dump(),
                 created_at=at,
                 subscription_end=data.subscription_end,
+                awaiting_payment=data.awaiting_payment,
             )
         case InvoiceIssued():
             return replace(facts, invoices={**facts.invoices, data.invoice: data.due})
@@ -265,6 +267,7 @@ def _decode_facts(raw: dict[str, Any]) -> Facts:
         settled={k: datetime.fromisoformat(v) for k, v in raw["settled"].items()},
         reopened={k: datetime.fromisoformat(v) for k, v in raw["reopened"].items()},
         first_paid_at=moment(raw["first_paid_at"]),
+        awaiting_payment=raw["awaiting_payment"],
         subscription_end=_day(raw["subscription_end"]),
         deposit=tuple(
             DepositReading(

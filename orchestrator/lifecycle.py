@@ -160,7 +160,10 @@ def lifecycle(facts: Facts, policy: Policy, now: datetime) -> Verdict:
 
 
 def _awaiting_activation(facts: Facts, product: Product, now: datetime) -> bool:
+    """An order billing calls unpaid waits for its first payment, where the policy says so."""
     if product.activation is None or product.activation.when == "on_create":
+        return False
+    if not facts.awaiting_payment:
         return False
     return facts.first_paid_at is None or facts.first_paid_at > now
 
