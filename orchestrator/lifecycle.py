@@ -237,7 +237,8 @@ def _ladder_entries(
         Entry(
             at=add_offset(anchor_at, step.after, work),
             step=step.step,
-            phase=PHASE_AFTER[step.step],
+            # A reminder before the anchor (an invoice sent ahead) leaves the service active.
+            phase=Phase.ACTIVE if step.after.negative else PHASE_AFTER[step.step],
             anchor=ladder.anchor,
             clause=step.clause,
             method=step.method.value if step.method else None,

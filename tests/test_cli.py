@@ -82,7 +82,8 @@ def test_inventory_naming_an_unknown_pool_is_refused(cli, tmp_path: Path) -> Non
 
 def test_apply_runs_what_is_due(cli) -> None:  # type: ignore[no-untyped-def]
     report = json.loads(cli("apply", "--at", "2026-11-21", "--json"))
-    assert [s["kind"] for s in report["steps"]] == ["create", "assign_ips"]
+    # The invoice due 1 December went out on 17 November (Klikserver: 14 days before).
+    assert [s["kind"] for s in report["steps"]] == ["create", "assign_ips", "notice"]
     assert all(s["state"] == "done" for s in report["steps"])
 
 

@@ -92,7 +92,8 @@ def test_klikserver_vps_lives_through_the_ladder(
     assert kinds == [
         "create",
         "assign_ips",
-        "notice",
+        "notice",  # the invoice, 14 days before it falls due
+        "notice",  # overdue, on day 1
         "suspend",
         "reclaim_ips",
         "terminate",
