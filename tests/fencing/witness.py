@@ -5,7 +5,8 @@ processes see the same machines; every call is appended to ``calls.log``
 (one JSON line: pid, service, call, whether it changed anything). Like the
 real drivers it reads the state first and does nothing when it holds; a
 changing call sleeps ``delay`` seconds between reading and writing, the
-window in which a leader can lose its lock mid-call.
+window in which a leader can lose its lock mid-call; with ``gate`` set, it
+waits until that file exists (a run held mid-call for as long as a test needs).
 
 ``python -m tests.fencing.witness ARGS`` is ``orchestrator ARGS`` with the
 driver registered as ``witness``. It also opens the blast-radius breaker's
@@ -47,8 +48,9 @@ class WitnessCompute(ComputeDriver):
         }
     )
 
-    def __init__(self, uri: str, delay: float = 0.0, **_: Any) -> None:
+    def __init__(self, uri: str, delay: float = 0.0, gate: str | None = None, **_: Any) -> None:
         self.dir, self.delay = Path(uri), delay
+        self.gate = Path(gate) if gate else None
 
     def inspect(self, ref: ServiceRef) -> Observed:
         return _observed(self._state(ref))
@@ -83,6 +85,8 @@ class WitnessCompute(ComputeDriver):
             self._log(ref, call, False)
             return Outcome(False, _observed(state))
         time.sleep(self.delay)
+        while self.gate is not None and not self.gate.exists():
+            time.sleep(0.05)
         path = self.dir / f"{ref.service_id}.json"
         path.with_suffix(".tmp").write_text(json.dumps(wanted))
         path.with_suffix(".tmp").replace(path)
