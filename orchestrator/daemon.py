@@ -87,18 +87,21 @@ class _Epochs:
 
     def __init__(self, url: str, holder: str) -> None:
         self._sessions = sessionmaker(open_engine(url))
-        self.holder, self.epoch = holder, 0
+        self.holder, self.epoch, self.since = holder, 0, datetime.now(UTC)
 
     def _take_epoch(self) -> None:
+        self.since = datetime.now(UTC)
         with self._sessions.begin() as session:
-            self.epoch = journal.take_epoch(session, self.holder, datetime.now(UTC))
+            self.epoch = journal.take_epoch(session, self.holder, self.since)
 
     def held(self) -> bool:
         raise NotImplementedError
 
     def fence(self) -> journal.Fence:
         epoch = self.epoch
-        return journal.Fence(epoch, lambda: self.epoch == epoch and self.held(), self.orphan_grace)
+        return journal.Fence(
+            epoch, lambda: self.epoch == epoch and self.held(), self.orphan_grace, self.since
+        )
 
 
 def advisory_keys(schema: str) -> tuple[int, int]:
@@ -348,6 +351,7 @@ def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -
         if not leadership.held():
             log.error("leadership lost: stopping the scheduler, standing by")
             break
+    scheduler.pause()  # no new job is handed to the executor while it shuts down
     scheduler.shutdown(wait=True)
     leadership.release()
 

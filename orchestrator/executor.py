@@ -140,9 +140,10 @@ class Executor:
 
     def _maybe_in_flight(self, step: StepRow, now: datetime) -> bool:
         """An older leader's claim it has not let go of (fenced_at), within the grace."""
-        if step.epoch is None or step.fenced_at is not None or step.started_at is None:
+        since = self._fence.since
+        if step.epoch is None or step.fenced_at is not None or since is None:
             return False
-        return now < step.started_at + self._fence.orphan_grace
+        return now < since + self._fence.orphan_grace
 
     def _lane_semaphores(self, step: StepRow) -> list[threading.BoundedSemaphore]:
         """Extra limits a step runs under (a host's backups, a storage's), in a fixed order

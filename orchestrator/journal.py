@@ -59,15 +59,18 @@ LEADER = "scheduler"
 class Fence:
     """Whose claims a run makes: the leader's epoch, and whether its lock still holds.
 
-    ``orphan_grace`` is how long a step claimed under an older epoch may
-    still be in its old leader's hands (a lock lost to a network blip does
-    not stop a driver call already made); after it, or once that leader
-    recorded it as fenced, the step is inspected and taken up.
+    ``orphan_grace`` is how long after this leader's acquisition (``since``)
+    a step claimed under an older epoch may still be in its old leader's
+    hands (a lock lost to a network blip does not stop a driver call already
+    made). Every such claim was made before the acquisition (see ``claim``),
+    so it bounds the call wherever in its tick it began. After it, or once
+    that leader recorded the step as fenced, the step is inspected and taken up.
     """
 
     epoch: int | None
     held: Callable[[], bool]
     orphan_grace: timedelta = timedelta(0)
+    since: datetime | None = None
 
 
 # A run that took no leadership (tests, the library): claims carry no epoch.

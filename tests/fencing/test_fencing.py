@@ -197,7 +197,7 @@ def test_a_step_its_old_leader_may_still_be_in_is_left_until_the_grace_ends(
     with o.sessions.begin() as session:  # the old leader claimed it, and is inside the call
         assert journal.claim(session, _step(o, "terminate").id, "pending", now, old)
     grace = timedelta(minutes=5)
-    o.fence = journal.Fence(_take_epoch(o, "new"), lambda: True, grace)
+    o.fence = journal.Fence(_take_epoch(o, "new"), lambda: True, grace, since=now)
     (left,) = o.apply(now + timedelta(minutes=1)).steps
     assert (left.kind, left.state) == ("terminate", "skipped") and _changes(tmp_path) == []
     report = o.apply(now + grace)
