@@ -479,16 +479,16 @@ class Orchestrator:
         )
 
     def _holds(self, step: StepRow, now: datetime) -> bool:
-        """Whether the real state already has what a step taken over wanted: observed now
-        and reconciled again, the step's key is no longer asked for. A scheduled step
-        (a backup) has no such answer and runs again."""
+        """Whether the real state already has what a step taken over wanted (its guard has
+        passed: it is still warranted): observed now and reconciled again, its action is
+        no longer asked for. A scheduled step (a backup) has no such answer: it runs again."""
         if step.kind in SCHEDULED_ACTIONS:
             return False
         facts = self.facts(step.service_id)
         observed = self.driver(facts.host).inspect(ServiceRef(step.service_id, facts.host))
         with self.sessions() as session:
             _, specs = self._steps_for(session, facts, observed, now)
-        return step.key.split("~")[0] not in {spec.key for spec in specs}
+        return Action(step.kind) not in {spec.action for spec in specs}
 
     def _guard(
         self, session: Session, step: StepRow, now: datetime, yes: bool

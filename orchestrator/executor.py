@@ -39,9 +39,10 @@ log = logging.getLogger("orchestrator.executor")
 
 Perform = Callable[[StepRow], dict[str, Any]]
 Guard = Callable[[Session, StepRow], tuple[str, str] | None]
-# Whether the real state already has what a step wants (asked of a step taken over).
+# Whether reconcile, against the real state now, no longer asks for a step taken over.
 Inspect = Callable[[StepRow], bool]
 FENCED, SKIPPED = "fenced", "skipped"
+TAKEN_OVER = "taken over: observed again, reconcile no longer asks for it"
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ class Executor:
     def _run_step(self, step: StepRow, now: datetime) -> StepReport:
         if not self._fence.held():
             return self._report(step, FENCED, "leadership lost: not dispatched")
-        if step.state == journal.RUNNING and (taken := self._take_over(step, now)) is not None:
-            return taken
+        taken_over = step.state == journal.RUNNING
+        if taken_over and (left := self._left_alone(step, now)) is not None:
+            return left
         with self._sessions.begin() as session:
             stopped = self._guard(session, step)
             if stopped is not None:
@@ -114,29 +116,30 @@ class Executor:
                 return self._report(step, *stopped)
             if not journal.claim(session, step.id, step.state, now, self._fence.epoch):
                 return self._report(step, SKIPPED, "claimed by another executor")
+        if taken_over and self._no_longer_wanted(step):
+            found = {"detail": TAKEN_OVER, "epoch": step.epoch}
+            return self._finish(step, journal.DONE, now, found, None)
         with self._limits.get(step.host, self._default), ExitStack() as lanes:
             for lane in self._lane_semaphores(step):
                 lanes.enter_context(lane)
             return self._attempt(step, now)
 
-    def _take_over(self, step: StepRow, now: datetime) -> StepReport | None:
-        """A step found running: None to run it again, else why not (or that it holds)."""
-        epoch = self._fence.epoch
-        if epoch is not None and step.epoch == epoch:
+    def _left_alone(self, step: StepRow, now: datetime) -> StepReport | None:
+        """A step found running that may still be in someone's hands: this leader's own
+        (another job of it runs it), or an older leader's within the grace."""
+        if self._fence.epoch is not None and step.epoch == self._fence.epoch:
             return self._report(step, SKIPPED, "running under this leader")
         if self._maybe_in_flight(step, now):
             return self._report(step, SKIPPED, f"its leader of epoch {step.epoch} may be in it")
+        return None
+
+    def _no_longer_wanted(self, step: StepRow) -> bool:
+        """Level-triggered take-over: ask the real state before running a step again.
+        Unobservable means unknown, and the action itself checks again as it runs."""
         try:
-            holds = self._inspect(step)
-        except DriverError as exc:
-            return self._report(step, SKIPPED, f"cannot inspect it: {exc}")
-        if not holds:
-            return None
-        with self._sessions.begin() as session:
-            if not journal.claim(session, step.id, journal.RUNNING, now, epoch):
-                return self._report(step, SKIPPED, "claimed by another executor")
-        found = {"detail": "taken over: the real state already holds", "epoch": step.epoch}
-        return self._finish(step, journal.DONE, now, found, None)
+            return self._inspect(step)
+        except DriverError:
+            return False
 
     def _maybe_in_flight(self, step: StepRow, now: datetime) -> bool:
         """An older leader's claim it has not let go of (fenced_at), within the grace."""
