@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -84,6 +85,8 @@ class Plain(Console):
 out = Plain()
 err = Plain(stderr=True, soft_wrap=True)
 
+# sysexits.h: a temporary failure, try again later (another run holds the leadership lock).
+EX_TEMPFAIL = 75
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON")]
 AtOption = Annotated[str | None, typer.Option("--at", help="a date or ISO time; default now")]
 
@@ -129,6 +132,23 @@ def _orchestrator(ctx: typer.Context, migrate_store: bool = False) -> Orchestrat
     if migrate_store:
         migrate(engine)
     return Orchestrator(engine, policies, inventory, Settings.from_environment())
+
+
+@contextmanager
+def _exclusive(ctx: typer.Context, orchestrator: Orchestrator, role: str) -> Iterator[None]:
+    """A run that writes takes the daemon's leadership lock (one writer at a time); when
+    another holds it, exit at once with EX_TEMPFAIL and who holds it, for cron's mail."""
+    from orchestrator.daemon import holder_of, leadership_for
+
+    db = ctx.obj.db
+    leadership = leadership_for(db, role)
+    if not leadership.acquire():
+        raise _fail(f"{role} not run: the store is led by {holder_of(db)}", EX_TEMPFAIL)
+    orchestrator.fence = leadership.fence()
+    try:
+        yield
+    finally:
+        leadership.release()
 
 
 def operator_zone() -> ZoneInfo:
@@ -456,8 +476,14 @@ def apply(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the steps that are due: reconcile against real state, journal, execute."""
-    report = _orchestrator(ctx).apply(parse_at(at), yes=yes, actor="cli")
+    """Run the steps that are due: reconcile against real state, journal, execute.
+
+    Takes the daemon's leadership lock for the run: from cron, a run that
+    finds it held exits 75 (EX_TEMPFAIL) at once, naming the holder.
+    """
+    orchestrator = _orchestrator(ctx, migrate_store=True)
+    with _exclusive(ctx, orchestrator, "orchestrator apply"):
+        report = orchestrator.apply(parse_at(at), yes=yes, actor="cli")
     data = {
         "planned": report.planned,
         "skipped": report.skipped,
@@ -700,11 +726,14 @@ def drift(
     Exits 1 when anything drifted or could not be observed, so a cron job or
     a monitoring check can alert on it.
     """
-    orchestrator = _orchestrator(ctx)
+    orchestrator = _orchestrator(ctx, migrate_store=mark)
     now = parse_at(at)
-    found = orchestrator.drift(now)
     if mark:
-        orchestrator.sync(now)
+        with _exclusive(ctx, orchestrator, "orchestrator drift --mark"):
+            found = orchestrator.drift(now)
+            orchestrator.sync(now)
+    else:
+        found = orchestrator.drift(now)
     rows = [{**asdict(d), "corrections": " ".join(d.corrections)} for d in found]
     columns = ("service_id", "host", "phase", "observed", "corrections")
     _emit(rows, as_json, lambda data: _table(data, columns) if data else out.print("no drift"))
@@ -790,6 +819,13 @@ def run(
     tick: Annotated[float, typer.Option(help="seconds between reconcile ticks")] = 60.0,
     sync_every: Annotated[float, typer.Option(help="seconds between state syncs")] = 300.0,
     takeover: Annotated[float, typer.Option(help="how often a standby tries to lead")] = 5.0,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(
+            help="seconds a step claimed by a leader that lost its lock is left to it before "
+            "it is inspected and taken up (longer than any driver call)"
+        ),
+    ] = 300.0,
 ) -> None:
     """The daemon: the active one schedules the ticks, the others stand by."""
     from orchestrator.daemon import DaemonConfig, configure_logging, stop_on_signals
@@ -806,6 +842,7 @@ def run(
         sync_every,
         takeover,
         os.environ.get("ORCHESTRATOR_BILLING_URL"),
+        orphan_grace_seconds=orphan_grace,
     )
     raise typer.Exit(run_daemon(daemon, stop_on_signals()))
 
@@ -1066,13 +1103,13 @@ def backups_plan(
 
     Without ``--schedule`` nothing changes: this is what the daemon will journal.
     """
-    orchestrator, now = _orchestrator(ctx), parse_at(at)
+    orchestrator, now = _orchestrator(ctx, migrate_store=schedule), parse_at(at)
     start = _week_start(week, now)
-    planned = (
-        orchestrator.schedule_backups(start, now, actor="operator")
-        if schedule
-        else orchestrator.backup_plan(start)
-    )
+    if schedule:
+        with _exclusive(ctx, orchestrator, "orchestrator backups plan --schedule"):
+            planned = orchestrator.schedule_backups(start, now, actor="operator")
+    else:
+        planned = orchestrator.backup_plan(start)
     data = {
         "week": start.isoformat(),
         "journaled": planned.journaled,

@@ -3,7 +3,10 @@
 Leadership is a lock the store gives: a PostgreSQL advisory lock held on a
 connection of its own (it goes the moment the process dies, kill -9
 included), or, for the embedded SQLite store, an flock on a file beside it.
-A standby tries again every ``takeover_seconds``.
+A standby tries again every ``takeover_seconds``; a leader that loses its
+lock stops dispatching at its next step and stands by again. Each
+acquisition takes a new epoch, the fencing token every claim carries (see
+``journal``). ``orchestrator apply`` from cron takes the same lock.
 
 The leader runs APScheduler 3 with its jobs kept in the store (the
 SQLAlchemy job store), so a restart finds them: the reconcile tick (every
@@ -21,8 +24,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +35,10 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
 
-from orchestrator import notify
+from orchestrator import journal, notify
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.inventory import load_inventory
 from orchestrator.policy import load_policies
@@ -55,6 +62,9 @@ class DaemonConfig:
     backup_plan_seconds: float = 6 * 3600.0
     verify_seconds: float = 24 * 3600.0
     verify_sample: int = 1
+    # How long a step claimed by a leader that lost its lock may still be in that leader's
+    # hands (a driver call under way) before the new leader inspects and takes it up.
+    orphan_grace_seconds: float = 300.0
 
 
 class Leadership(Protocol):
@@ -64,39 +74,110 @@ class Leadership(Protocol):
 
     def release(self) -> None: ...
 
+    def fence(self) -> journal.Fence: ...
 
-class AdvisoryLock:
-    """PostgreSQL: the lock lives as long as its connection."""
 
-    def __init__(self, url: str) -> None:
+class _Epochs:
+    """What both locks share: a new epoch at each acquisition, and the fence that carries it.
+
+    The fence answers for its own epoch only: once the lock was lost, a run
+    still holding the old fence stays fenced even after this process leads again.
+    """
+
+    orphan_grace = timedelta(0)
+
+    def __init__(self, url: str, holder: str) -> None:
+        self._sessions = sessionmaker(open_engine(url))
+        self.holder, self.epoch, self.since = holder, 0, datetime.now(UTC)
+
+    def _take_epoch(self) -> None:
+        self.since = datetime.now(UTC)
+        with self._sessions.begin() as session:
+            self.epoch = journal.take_epoch(session, self.holder, self.since)
+
+    def held(self) -> bool:
+        raise NotImplementedError
+
+    def fence(self) -> journal.Fence:
+        epoch = self.epoch
+        return journal.Fence(
+            epoch, lambda: self.epoch == epoch and self.held(), self.orphan_grace, self.since
+        )
+
+
+def advisory_keys(schema: str) -> tuple[int, int]:
+    """The advisory lock of one store: PostgreSQL's locks are per database, stores per schema."""
+    return ADVISORY_KEY, zlib.crc32(schema.encode()) & 0x7FFFFFFF
+
+
+class AdvisoryLock(_Epochs):
+    """PostgreSQL: the lock lives as long as its connection.
+
+    ``held`` asks ``pg_locks`` on that connection, so a connection the
+    server dropped (a failover, ``pg_terminate_backend``) reads as lost at
+    the next check, which the executor makes before every step. Its old
+    leader may still be inside a driver call then: ``orphan_grace``.
+    """
+
+    def __init__(self, url: str, holder: str, orphan_grace: timedelta) -> None:
+        super().__init__(url, holder)
+        self.orphan_grace = orphan_grace
         self._engine = open_engine(url)
         self._connection: Connection | None = None
+        self._guard = threading.Lock()  # executor threads check it at once; a connection is not
+        self._keys = (0, 0)
 
     def acquire(self) -> bool:
         connection = self._engine.connect()
-        won = connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY})
-        if won:
-            self._connection = connection
-            return True
-        connection.close()
-        return False
+        self._keys = advisory_keys(str(connection.scalar(text("SELECT current_schema()"))))
+        won = connection.scalar(text("SELECT pg_try_advisory_lock(:a, :b)"), self._params())
+        connection.commit()
+        if not won:
+            connection.close()
+            return False
+        self._connection = connection
+        self._take_epoch()
+        return True
+
+    def _params(self) -> dict[str, int]:
+        return {"a": self._keys[0], "b": self._keys[1]}
 
     def held(self) -> bool:
-        try:
-            return self._connection is not None and self._connection.scalar(text("SELECT 1")) == 1
-        except Exception:  # a dropped connection means the lock is gone too
-            return False
+        with self._guard:
+            if self._connection is None:
+                return False
+            try:
+                count = self._connection.scalar(text(HELD_SQL), self._params())
+                self._connection.commit()
+            except SQLAlchemyError:  # a dropped connection means the lock is gone too
+                count = 0
+            if not count:
+                self._drop()
+            return bool(count)
 
     def release(self) -> None:
+        with self._guard:
+            self._drop()
+
+    def _drop(self) -> None:
         if self._connection is not None:
+            self._connection.invalidate()  # never back to the pool: it may hold the lock
             self._connection.close()
             self._connection = None
 
 
-class FileLock:
-    """SQLite: one host, one file beside the database."""
+HELD_SQL = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND classid = :a AND objid = :b AND objsubid = 2"
+)
 
-    def __init__(self, url: str) -> None:
+
+class FileLock(_Epochs):
+    """SQLite: one host, one file beside the database. The kernel frees it only when its
+    holder exits or lets go, so steps found running are nobody's: no grace."""
+
+    def __init__(self, url: str, holder: str) -> None:
+        super().__init__(url, holder)
         self._path = Path(url.removeprefix("sqlite:///") + ".leader")
         self._file: Any = None
 
@@ -108,6 +189,7 @@ class FileLock:
             handle.close()
             return False
         self._file = handle
+        self._take_epoch()
         return True
 
     def held(self) -> bool:
@@ -119,10 +201,26 @@ class FileLock:
             self._file = None
 
 
-def leadership_for(url: str) -> Leadership:
-    return AdvisoryLock(url) if url.startswith("postgresql") else FileLock(url)
+def leadership_for(
+    url: str, role: str, orphan_grace: timedelta = timedelta(minutes=5)
+) -> Leadership:
+    """The store's leadership lock, for this process in ``role`` (named to a refused rival)."""
+    holder = f"{role} on {socket.gethostname()} pid {os.getpid()}"
+    if url.startswith("postgresql"):
+        return AdvisoryLock(url, holder, orphan_grace)
+    return FileLock(url, holder)
 
 
+def holder_of(url: str) -> str:
+    """Who took the leadership last, and since when: the reason a second run gives."""
+    with sessionmaker(open_engine(url))() as session:
+        row = journal.leader(session)
+    if row is None:
+        return "another process"
+    return f"{row.holder} (epoch {row.epoch}, since {row.acquired_at.isoformat()})"
+
+
+_fence = journal.UNFENCED
 _orchestrators: dict[str, Orchestrator] = {}
 # The settings that may carry a password (the store's URL, billing's URL) stay in
 # this process: the job store pickles each job's arguments into the database.
@@ -147,6 +245,7 @@ def _orchestrator(job_config: dict[str, Any]) -> Orchestrator:
             load_inventory(Path(config["inventory"])),
             Settings.from_environment(),
         )
+    _orchestrators[key].fence = _fence
     return _orchestrators[key]
 
 
@@ -235,23 +334,39 @@ def verify_backups(config: dict[str, Any]) -> None:
 
 
 def run(config: DaemonConfig, stop: threading.Event) -> int:
-    leadership = leadership_for(config.db)
+    """Stand by, lead, and after a lost lock stand by again, until told to stop."""
+    grace = timedelta(seconds=config.orphan_grace_seconds)
+    leadership = leadership_for(config.db, "daemon", grace)
     migrate(open_engine(config.db))
-    while not leadership.acquire():
-        log.info("standby", extra={"fields": {"retry_seconds": config.takeover_seconds}})
-        if stop.wait(config.takeover_seconds):
-            return 0
-    log.info("leader", extra={"fields": {"pid": os.getpid()}})
-    scheduler = _scheduler(config)
-    scheduler.resume()
-    while not stop.wait(1.0):
-        if not leadership.held():
-            log.error("leadership lost: stopping the scheduler")
-            break
-    scheduler.shutdown(wait=True)
+    while _stand_by(leadership, config, stop):
+        _lead(leadership, config, stop)
     leadership.release()
     log.info("stopped", extra={"fields": {"pid": os.getpid()}})
     return 0
+
+
+def _stand_by(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -> bool:
+    while not leadership.acquire():
+        log.info("standby", extra={"fields": {"retry_seconds": config.takeover_seconds}})
+        if stop.wait(config.takeover_seconds):
+            return False
+    return not stop.is_set()
+
+
+def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -> None:
+    """Schedule until stopped or the lock is lost; the step in hand finishes (or is fenced)."""
+    global _fence
+    _fence = leadership.fence()
+    log.info("leader", extra={"fields": {"pid": os.getpid(), "epoch": _fence.epoch}})
+    scheduler = _scheduler(config)
+    scheduler.resume()
+    while not stop.wait(min(1.0, config.tick_seconds)):
+        if not leadership.held():
+            log.error("leadership lost: stopping the scheduler, standing by")
+            break
+    scheduler.pause()  # no new job is handed to the executor while it shuts down
+    scheduler.shutdown(wait=True)
+    leadership.release()
 
 
 def _scheduler(config: DaemonConfig) -> Any:
@@ -302,7 +417,9 @@ def _ensure_job(
 
 
 def _log_failure(event: Any) -> None:
-    log.error("job failed", extra={"fields": {"job": event.job_id, "error": str(event.exception)}})
+    """A job's exception with its traceback (the scheduler's event carries both)."""
+    fields = {"job": event.job_id, "error": str(event.exception)}
+    log.error("job failed", exc_info=event.exception, extra={"fields": fields})
 
 
 def stop_on_signals() -> threading.Event:
@@ -323,6 +440,8 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             **getattr(record, "fields", {}),
         }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
         return redact_text(json.dumps(redact(entry), default=str))
 
 

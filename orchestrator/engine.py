@@ -167,6 +167,8 @@ class Orchestrator:
         self._drivers: dict[str, ComputeDriver] = {}
         self._networks: dict[str, NetworkDriver] = {}
         self._networks_lock = threading.Lock()
+        # Set by whoever took the leadership (the daemon, a cron run): claims carry its epoch.
+        self.fence = journal.UNFENCED
 
     # -- facts -------------------------------------------------------------
 
@@ -537,7 +539,21 @@ class Orchestrator:
             self.settings.executor,
             self._sleep,
             self._lanes,
+            self.fence,
+            lambda step: self._holds(step, now),
         )
+
+    def _holds(self, step: StepRow, now: datetime) -> bool:
+        """Whether the real state already has what a step taken over wanted (its guard has
+        passed: it is still warranted): observed now and reconciled again, its action is
+        no longer asked for. A scheduled step (a backup) has no such answer: it runs again."""
+        if step.kind in SCHEDULED_ACTIONS:
+            return False
+        facts = self.facts(step.service_id)
+        observed = self.driver(facts.host).inspect(ServiceRef(step.service_id, facts.host))
+        with self.sessions() as session:
+            _, specs = self._steps_for(session, facts, observed, now)
+        return Action(step.kind) not in {spec.action for spec in specs}
 
     def _guard(
         self, session: Session, step: StepRow, now: datetime, yes: bool

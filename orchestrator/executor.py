@@ -7,6 +7,13 @@ its outcome. Retry intent comes from the driver's error type, and is acted
 on here only: a ``TemporaryError`` is retried with backoff a few times in
 process, then left for a later run (``retry``, with ``not_before``); any
 other error fails the step and stops that service's later steps.
+
+Under a leader (``journal.Fence``) the lock is checked before each step, so
+a leader that lost it dispatches nothing more; its claims and outcomes carry
+its epoch and are refused once another leads (the step is then ``fenced``).
+A step found ``running`` under an earlier epoch is left while its old leader
+may still be in it, then inspected: if the real state already has what it
+wanted it is recorded done, else it runs again (level-triggered).
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ log = logging.getLogger("orchestrator.executor")
 
 Perform = Callable[[StepRow], dict[str, Any]]
 Guard = Callable[[Session, StepRow], tuple[str, str] | None]
+# Whether reconcile, against the real state now, no longer asks for a step taken over.
+Inspect = Callable[[StepRow], bool]
+FENCED, SKIPPED = "fenced", "skipped"
+TAKEN_OVER = "taken over: observed again, reconcile no longer asks for it"
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,11 @@ class Executor:
         settings: ExecutorSettings,
         sleep: Callable[[float], None],
         lanes: Callable[[StepRow], dict[str, int]] | None = None,
+        fence: journal.Fence = journal.UNFENCED,
+        inspect: Inspect | None = None,
     ) -> None:
         self._sessions, self._perform, self._guard = sessions, perform, guard
+        self._fence, self._inspect = fence, inspect or (lambda step: False)
         self._settings, self._sleep = settings, sleep
         self._limits = {host: threading.BoundedSemaphore(n) for host, n in limits.items()}
         self._default = threading.BoundedSemaphore(2)
@@ -88,6 +102,11 @@ class Executor:
         return reports
 
     def _run_step(self, step: StepRow, now: datetime) -> StepReport:
+        if not self._fence.held():
+            return self._report(step, FENCED, "leadership lost: not dispatched")
+        taken_over = step.state == journal.RUNNING
+        if taken_over and (left := self._left_alone(step, now)) is not None:
+            return left
         with self._sessions.begin() as session:
             stopped = self._guard(session, step)
             if stopped is not None:
@@ -95,12 +114,39 @@ class Executor:
                 if stopped[0] != step.state:
                     self._audit(session, step, stopped[0], now, {"why": stopped[1]})
                 return self._report(step, *stopped)
-            if not journal.claim(session, step.id, step.state, now):
-                return self._report(step, "skipped", "claimed by another executor")
+            if not journal.claim(session, step.id, step.state, now, self._fence.epoch):
+                return self._report(step, SKIPPED, "claimed by another executor")
+        if taken_over and self._no_longer_wanted(step):
+            found = {"detail": TAKEN_OVER, "epoch": step.epoch}
+            return self._finish(step, journal.DONE, now, found, None)
         with self._limits.get(step.host, self._default), ExitStack() as lanes:
             for lane in self._lane_semaphores(step):
                 lanes.enter_context(lane)
             return self._attempt(step, now)
+
+    def _left_alone(self, step: StepRow, now: datetime) -> StepReport | None:
+        """A step found running that may still be in someone's hands: this leader's own
+        (another job of it runs it), or an older leader's within the grace."""
+        if self._fence.epoch is not None and step.epoch == self._fence.epoch:
+            return self._report(step, SKIPPED, "running under this leader")
+        if self._maybe_in_flight(step, now):
+            return self._report(step, SKIPPED, f"its leader of epoch {step.epoch} may be in it")
+        return None
+
+    def _no_longer_wanted(self, step: StepRow) -> bool:
+        """Level-triggered take-over: ask the real state before running a step again.
+        Unobservable means unknown, and the action itself checks again as it runs."""
+        try:
+            return self._inspect(step)
+        except DriverError:
+            return False
+
+    def _maybe_in_flight(self, step: StepRow, now: datetime) -> bool:
+        """An older leader's claim it has not let go of (fenced_at), within the grace."""
+        since = self._fence.since
+        if step.epoch is None or step.fenced_at is not None or since is None:
+            return False
+        return now < since + self._fence.orphan_grace
 
     def _lane_semaphores(self, step: StepRow) -> list[threading.BoundedSemaphore]:
         """Extra limits a step runs under (a host's backups, a storage's), in a fixed order
@@ -130,8 +176,12 @@ class Executor:
 
     def _retry_later(self, step: StepRow, exc: TemporaryError, now: datetime) -> StepReport:
         later = now + max(self._settings.retry_later, timedelta(seconds=exc.delay))
+        epoch = self._fence.epoch
         with self._sessions.begin() as session:
-            journal.finish(session, step.id, journal.RETRY, now, None, str(exc), not_before=later)
+            if not journal.finish(
+                session, step.id, journal.RETRY, now, None, str(exc), later, epoch
+            ):
+                return self._fenced(session, step, now)
             self._audit(session, step, journal.RETRY, now, {"error": str(exc)})
         return self._report(step, journal.RETRY, f"{exc}; retry after {later.isoformat()}")
 
@@ -144,12 +194,23 @@ class Executor:
         error: str | None,
     ) -> StepReport:
         with self._sessions.begin() as session:
-            journal.finish(session, step.id, state, now, result, error)
+            if not journal.finish(
+                session, step.id, state, now, result, error, epoch=self._fence.epoch
+            ):
+                return self._fenced(session, step, now)
             self._audit(session, step, state, now, result or {"error": error})
             notify.record(session, step, state, now, result or {"error": error})
         if error:
             log.warning("step %s %s of %s failed: %s", step.id, step.kind, step.service_id, error)
         return self._report(step, state, error or _summary(result))
+
+    def _fenced(self, session: Session, step: StepRow, now: datetime) -> StepReport:
+        """Another leads now: the outcome is not ours to write; only that we let go."""
+        assert self._fence.epoch is not None  # an unfenced finish is never refused
+        journal.fenced(session, step.id, self._fence.epoch, now)
+        fields = {"step": step.id, "kind": step.kind, "service": step.service_id}
+        log.error("step fenced", extra={"fields": {**fields, "epoch": self._fence.epoch}})
+        return self._report(step, FENCED, "leadership lost before it finished")
 
     def _audit(
         self, session: Session, step: StepRow, state: str, now: datetime, detail: dict[str, Any]

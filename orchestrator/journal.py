@@ -15,21 +15,30 @@ States::
        ├──> paused         the blast-radius breaker is open
        ├──> cancelled      billing changed before it ran
        └──> superseded     a newer plan for the service replaced it
+
+Fencing: a claim carries the leadership epoch of the run that made it (the
+``leadership`` row, bumped at every acquisition). Claiming and finishing are
+conditional on that epoch still being the current one, and each reads the
+row ``FOR SHARE``, so a new leader's bump waits for them and every claim or
+outcome of an older epoch is visible to it once it leads. A leader that
+lost its lock can therefore not complete a step: its outcome is refused
+and the step only marked ``fenced_at``, for the new leader to inspect.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.reconcile import SCHEDULED_ACTIONS, StepSpec
 from orchestrator.redact import redact, redact_text
-from orchestrator.store.models import StepRow
+from orchestrator.store.models import LeadershipRow, StepRow
 
 PENDING, RUNNING, DONE, FAILED, RETRY = "pending", "running", "done", "failed", "retry"
 HELD, AWAITING, PAUSED, CANCELLED, SUPERSEDED = (
@@ -41,6 +50,57 @@ HELD, AWAITING, PAUSED, CANCELLED, SUPERSEDED = (
 )
 OPEN_STATES = (PENDING, RUNNING, RETRY, HELD, AWAITING, PAUSED)
 WAITING_STATES = (HELD, AWAITING, PAUSED)
+
+
+LEADER = "scheduler"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Whose claims a run makes: the leader's epoch, and whether its lock still holds.
+
+    ``orphan_grace`` is how long after this leader's acquisition (``since``)
+    a step claimed under an older epoch may still be in its old leader's
+    hands (a lock lost to a network blip does not stop a driver call already
+    made). Every such claim was made before the acquisition (see ``claim``),
+    so it bounds the call wherever in its tick it began. After it, or once
+    that leader recorded the step as fenced, the step is inspected and taken up.
+    """
+
+    epoch: int | None
+    held: Callable[[], bool]
+    orphan_grace: timedelta = timedelta(0)
+    since: datetime | None = None
+
+
+# A run that took no leadership (tests, the library): claims carry no epoch.
+UNFENCED = Fence(None, lambda: True)
+
+
+def take_epoch(session: Session, holder: str, now: datetime) -> int:
+    """The next epoch, for a process that has just won the leadership lock."""
+    row = session.get(LeadershipRow, LEADER, with_for_update=True)
+    if row is None:
+        row = LeadershipRow(name=LEADER, epoch=0)
+        session.add(row)
+    row.epoch, row.holder, row.acquired_at = row.epoch + 1, holder, now
+    session.flush()
+    return row.epoch
+
+
+def leader(session: Session) -> LeadershipRow | None:
+    """Who last took the leadership, and when: what a refused second run names."""
+    return session.get(LeadershipRow, LEADER)
+
+
+def _current(epoch: int) -> ColumnElement[bool]:
+    """``epoch`` is still the leadership's; read FOR SHARE so that a bump waits for us."""
+    return (
+        select(LeadershipRow.epoch)
+        .where(LeadershipRow.name == LEADER, LeadershipRow.epoch == epoch)
+        .with_for_update(read=True)
+        .exists()
+    )
 
 
 # A step the world undid (a box powered on by hand after its suspension) is
@@ -149,11 +209,21 @@ def runnable(session: Session, now: datetime, yes: bool) -> list[StepRow]:
     return ready
 
 
-def claim(session: Session, step_id: int, expected: str, now: datetime) -> bool:
+def claim(
+    session: Session, step_id: int, expected: str, now: datetime, epoch: int | None = None
+) -> bool:
+    """Take a step in ``expected`` state, under ``epoch`` if the run leads (else unfenced)."""
+    query = update(StepRow).where(StepRow.id == step_id, StepRow.state == expected)
+    if epoch is not None:
+        query = query.where(_current(epoch))
     claimed = session.execute(
-        update(StepRow)
-        .where(StepRow.id == step_id, StepRow.state == expected)
-        .values(state=RUNNING, started_at=now, attempts=StepRow.attempts + 1)
+        query.values(
+            state=RUNNING,
+            started_at=now,
+            attempts=StepRow.attempts + 1,
+            epoch=epoch,
+            fenced_at=None,
+        )
     )
     return bool(claimed.rowcount)  # type: ignore[attr-defined]
 
@@ -166,17 +236,31 @@ def finish(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     not_before: datetime | None = None,
-) -> None:
-    session.execute(
-        update(StepRow)
-        .where(StepRow.id == step_id)
-        .values(
+    epoch: int | None = None,
+) -> bool:
+    """Record a step's outcome; under an epoch only while it is still the leadership's and
+    the step still the claim this epoch made. False: fenced, nothing written."""
+    query = update(StepRow).where(StepRow.id == step_id)
+    if epoch is not None:
+        query = query.where(StepRow.state == RUNNING, StepRow.epoch == epoch, _current(epoch))
+    finished = session.execute(
+        query.values(
             state=state,
             finished_at=now,
             not_before=not_before,
             result=json.dumps(redact(result), default=str) if result is not None else None,
             error=redact_text(error) if error else None,
         )
+    )
+    return bool(finished.rowcount)  # type: ignore[attr-defined]
+
+
+def fenced(session: Session, step_id: int, epoch: int, now: datetime) -> None:
+    """An old leader's last word on a step it can no longer finish: it has let go of it."""
+    session.execute(
+        update(StepRow)
+        .where(StepRow.id == step_id, StepRow.state == RUNNING, StepRow.epoch == epoch)
+        .values(fenced_at=now)
     )
 
 

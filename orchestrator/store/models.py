@@ -129,6 +129,20 @@ class StepRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The leadership epoch of the claim (None: a run that took no leadership), and when a
+    # leader that had lost it tried to finish the step and was refused (see ``journal``).
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fenced_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class LeadershipRow(Base):
+    """Who leads and under which epoch: bumped at every acquisition, it fences the old leader."""
+
+    __tablename__ = "leadership"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(300))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class AuditRow(Base):

@@ -47,6 +47,10 @@ class Daemon:
             "1",
             "--takeover",
             "0.5",
+            # kill -9 leaves the killed leader's claims running and never fenced: they
+            # are inspected and taken up once this grace has passed.
+            "--orphan-grace",
+            "3",
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ}
