@@ -93,6 +93,9 @@ BASE_CAPABILITIES = frozenset(
         Capability.RESIZE,
     }
 )
+# Without ACPI the guest has no power button: a graceful shutdown would always wait out
+# its timeout and end in a hard stop.
+FEATURES_XML = "<features><acpi/></features>"
 SAMPLE_BYTES = 4096
 BACKUP_SEPARATOR = "--"
 BACKUP_STAMP = "%Y%m%dT%H%M%SZ"
@@ -303,7 +306,7 @@ class LibvirtCompute(ComputeDriver):
             f"<domain type='{self.domain_type}'><name>{escape(ref.name)}</name>"
             f"<memory unit='MiB'>{spec.memory_mib}</memory><vcpu>{spec.vcpus}</vcpu>"
             f"<metadata><o:service xmlns:o='{SERVICE_NS}'>{escape(ref.service_id)}</o:service>"
-            f"</metadata>{self._os_xml(ref)}<on_poweroff>destroy</on_poweroff>"
+            f"</metadata>{self._os_xml(ref)}{FEATURES_XML}<on_poweroff>destroy</on_poweroff>"
             f"<devices>{self._devices_xml(ref, volume)}</devices></domain>"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -249,6 +250,14 @@ def test_the_domain_is_built_from_the_spec_and_carries_the_service_id(
     assert volume.info()[1] == 2 * 1024**3
     service = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, SERVICE_NS)
     assert service == f"<service>{ref.service_id}</service>"
+
+
+def test_the_domain_has_acpi_so_a_graceful_shutdown_can_reach_the_guest(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    xml = virt.lookupByName(ref.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert re.search(r"<features>\s*<acpi/>", xml)
 
 
 def test_create_starts_a_machine_that_is_defined_but_off(
