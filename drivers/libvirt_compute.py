@@ -4,8 +4,9 @@ A service's machine is a domain named ``svc-<service id>`` with one disk, a
 volume in a storage pool: a copy-on-write qcow2 overlay of ``base_volume``
 when one is given (the lab), else a raw volume. The domain's metadata
 carries the service id. Terminating removes the domain and keeps the volume
-(the archive); purging overwrites the volume with zeros, reads samples back
-across it to prove it, deletes it, and checks the pool's listing for it.
+(the archive); purging runs libvirt's zero wipe (on a thin file, a
+deallocation, and the evidence says which), reads samples back across it,
+deletes it, and checks the pool's listing for it.
 
 Against ``test:///default`` (in-memory, per process) three things cannot be
 done for real, and the driver says so rather than pretend:
@@ -414,15 +415,26 @@ class LibvirtCompute(ComputeDriver):
     def _wipe_verified(
         self, conn: libvirt.virConnect, volume: libvirt.virStorageVol
     ) -> dict[str, Any]:
-        """Overwrite with zeros and prove it by samples; a backend that cannot wipe fails here."""
+        """libvirt's zero wipe, named by what it did to the volume's allocation.
+
+        On a sparse file libvirt truncates and re-extends rather than writing
+        zeros: the blocks go back to the filesystem unwritten. That is a
+        deallocation, and the evidence says so; only a wipe that left the
+        space allocated wrote over it. The samples catch a backend that did
+        neither.
+        """
         size = volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        allocated = volume.info()[2]
         volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
+        allocated_after = volume.info()[2]
         offsets = _sample_offsets(size)
         dirty = [offset for offset in offsets if any(_read(conn, volume, offset))]
         if dirty:
             raise PermanentError(f"wipe of {volume.name()} not verified: data at {dirty[:4]}")
         return {
-            "method": "wipe:zero",
+            "method": _wipe_method(allocated_after),
+            "allocated_before": allocated,
+            "allocated_after": allocated_after,
             "bytes": size,
             "samples": len(offsets),
             "sample_bytes": SAMPLE_BYTES,
@@ -1129,6 +1141,15 @@ def _refreshed(pool: libvirt.virStoragePool) -> bool:
     except libvirt.libvirtError:
         return False
     return True
+
+
+def _wipe_method(allocated_after: int) -> str:
+    """What a zero wipe really did: nothing left allocated means nothing was overwritten.
+
+    Neither earns a NIST SP 800-88 category by itself: a deallocation leaves
+    the old blocks on the device under the filesystem until reused.
+    """
+    return "deallocate" if allocated_after == 0 else "overwrite:zero"
 
 
 def _sample_offsets(size: int, count: int = 16) -> list[int]:

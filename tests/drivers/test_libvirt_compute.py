@@ -21,7 +21,7 @@ from drivers.base import (
     Unsupported,
     load_compute,
 )
-from drivers.libvirt_compute import LibvirtCompute, _translated
+from drivers.libvirt_compute import LibvirtCompute, _translated, _wipe_method
 
 SERVICE_NS = "https://provisioning-orchestrator.invalid/service/1"
 NETWORK_NS = "https://provisioning-orchestrator.invalid/network/1"
@@ -360,3 +360,10 @@ def test_capabilities_declare_exactly_what_works(driver: LibvirtCompute) -> None
     assert Capability.BIND_ADDRESSES not in driver.capabilities
     raw_on_qemu = LibvirtCompute("qemu:///system", pool="p")
     assert Capability.SNAPSHOT not in raw_on_qemu.capabilities  # raw volumes hold no snapshots
+
+
+@pytest.mark.parametrize(
+    ("allocated_after", "method"), [(0, "deallocate"), (4096, "overwrite:zero")]
+)
+def test_a_wipe_is_named_by_what_it_left_allocated(allocated_after: int, method: str) -> None:
+    assert _wipe_method(allocated_after) == method
