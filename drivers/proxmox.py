@@ -432,9 +432,14 @@ class ProxmoxCompute(ComputeDriver):
             options["force"] = 1
         elif guest is not None:
             self._destroy(guest)
-        vmid = guest.vmid if guest is not None else int(self.api.get("cluster/nextid"))
-        self.api.task(f"restore {ref.name} from {backup_id}",
-                      lambda: self.api.post(f"nodes/{node}/qemu", vmid=vmid, **options))
+        action = f"restore {ref.name} from {backup_id}"
+        if guest is not None:
+            vmid = guest.vmid
+            self.api.task(action, lambda: self.api.post(f"nodes/{node}/qemu", vmid=vmid, **options))
+        else:
+            vmid = self._with_new_vmid(
+                action, lambda new: self.api.post(f"nodes/{node}/qemu", vmid=new, **options)
+            )
         restored = Guest(node, vmid)
         if spec.addresses:
             self._bind(restored, spec.addresses)
@@ -456,15 +461,24 @@ class ProxmoxCompute(ComputeDriver):
         """
         backup = self._chosen_backup(ref, backup_id)
         node = _volume_node(backup.backup_id) or self._any_node()
-        vmid = int(self.api.get("cluster/nextid"))
-        scratch = Guest(node, vmid)
-        name = f"scratch-{ref.service_id}-{vmid}"
-        evidence: dict[str, Any] = {"backup": backup_id, "scratch": name, "vmid": vmid,
-                                    "node": node}
+        restored: list[int] = []  # the vmid PVE accepted the restore under, once it did
+
+        def restore(vmid: int) -> Any:
+            upid = self.api.post(
+                f"nodes/{node}/qemu", vmid=vmid, archive=_volid(backup.backup_id),
+                storage=self.storage, unique=1, name=_scratch_name(ref, vmid),
+            )
+            restored.append(vmid)
+            return upid
+
+        evidence: dict[str, Any] = {"backup": backup_id, "node": node}
         try:
-            evidence.update(self._boot_scratch(scratch, name, backup))
+            evidence.update(self._boot_scratch(node, f"restore scratch of {ref.name}", restore))
         finally:
-            evidence["scratch_removed"] = self._remove_scratch(scratch, name)
+            if restored:  # never another VM's: only the vmid our own restore was accepted under
+                name = _scratch_name(ref, restored[-1])
+                evidence.update(scratch=name, vmid=restored[-1])
+                evidence["scratch_removed"] = self._remove_scratch(Guest(node, restored[-1]), name)
         evidence["verified"] = evidence["booted"]
         verdict = "verified" if evidence["booted"] else "FAILED verification"
         detail = f"backup {backup_id} {verdict}: " + (
@@ -472,17 +486,16 @@ class ProxmoxCompute(ComputeDriver):
         )
         return Outcome(False, self.inspect(ref), detail, evidence)
 
-    def _boot_scratch(self, scratch: Guest, name: str, backup: BackupCopy) -> dict[str, Any]:
-        """A failed task is the backup failing, reported; any other error is raised."""
+    def _boot_scratch(
+        self, node: str, action: str, restore: Callable[[int], Any]
+    ) -> dict[str, Any]:
+        """A failed task is the backup failing, reported; any other error is raised.
+
+        The scratch's vmid comes from ``/cluster/nextid`` with the same retry as a clone.
+        """
         checked = ["qmrestore task", "network devices removed", "qm start task", "status running"]
         try:
-            self.api.task(
-                f"restore {name}",
-                lambda: self.api.post(
-                    f"nodes/{scratch.node}/qemu", vmid=scratch.vmid,
-                    archive=_volid(backup.backup_id), storage=self.storage, unique=1, name=name,
-                ),
-            )
+            scratch = Guest(node, self._with_new_vmid(action, restore))
             nets = [k for k in self.api.get(f"{scratch.path}/config") if re.fullmatch(r"net\d+", k)]
             if nets:
                 self.api.put(f"{scratch.path}/config", delete=",".join(nets))
@@ -653,6 +666,10 @@ class ProxmoxCompute(ComputeDriver):
 
     def _any_node(self) -> str:
         return str(self.api.get("nodes")[0]["node"])
+
+
+def _scratch_name(ref: ServiceRef, vmid: int) -> str:
+    return f"scratch-{ref.service_id}-{vmid}"
 
 
 def _power(status: dict[str, Any]) -> Power:

@@ -195,6 +195,7 @@ class Cluster:
         self.storages: dict[str, Storage] = {}
         self.guests: dict[int, Guest] = {}
         self.volumes: dict[tuple[str, str], Volume] = {}  # (node, volid)
+        self.nextid_races = 0  # the lab's knob: proposals another client takes at once
 
     def node(self, name: str) -> Node:
         found = self.nodes.get(name)

@@ -214,6 +214,17 @@ def test_a_failed_task_is_reported_with_its_log(pve: PveLab, driver: ProxmoxComp
     assert backups_anywhere(pve, ref.name) == []
 
 
+def test_the_end_of_a_long_task_log_is_read(pve: PveLab, driver: ProxmoxCompute) -> None:
+    """A log longer than a page still ends in its TASK ERROR, and that is what is reported."""
+    ref = ServiceRef(f"f{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    progress = [f"INFO: {n}% ({n} MiB of 1.0 GiB)" for n in range(1200)]
+    pve.fail_next("vzdump", "job errors", [*progress, "ERROR: no space left on device"])
+    with pytest.raises(TaskFailed) as failure:
+        driver.backup(ref)
+    assert failure.value.log[-2:] == ["ERROR: no space left on device", "TASK ERROR: job errors"]
+
+
 def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
     pve: PveLab, driver: ProxmoxCompute, calls: list[tuple[str, str]]
 ) -> None:
