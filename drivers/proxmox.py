@@ -31,7 +31,10 @@ nodes without the orchestrator noticing. The lifecycle maps to Proxmox as:
 Backups are vzdump archives whose notes name the service (notes-template
 ``{{guestname}}``), so they are found after the VM itself is gone. Addresses
 are bound by the VM firewall's ``ipfilter-net0`` IP set, which Proxmox
-uses to drop traffic from any other source address.
+uses to drop traffic from any other source address, with ``firewall=1`` on
+net0; binding is refused while the datacenter firewall is off, as the set
+would filter nothing, and addresses are reported bound only while all of
+that holds.
 """
 
 from __future__ import annotations
@@ -178,7 +181,10 @@ class ProxmoxCompute(ComputeDriver):
     def _placement(self, spec: MachineSpec) -> tuple[Template, str]:
         """The template to clone and the node to clone onto: the most free memory wins."""
         templates = self._templates()
-        shared = next((t for t in templates if t.shared), None)
+        # PVE clones onto another node only from a template on shared storage and onto
+        # shared storage ("can't clone to non-shared storage"); else only where it lives.
+        shared = next((t for t in templates if t.shared), None) if self._shared(
+            self.storage) else None
         local = {t.node: t for t in templates}
         needed = spec.memory_mib * 1024 * 1024
         candidates = []
@@ -191,9 +197,10 @@ class ProxmoxCompute(ComputeDriver):
             if template is not None and free >= needed:
                 candidates.append((free, -float(node.get("cpu", 0)), name, template))
         if not candidates:
+            reach = "" if shared else f" (storage {self.storage!r} is not shared)"
             raise TemporaryError(
-                f"no online node holding template {self.template!r} has "
-                f"{spec.memory_mib} MiB free", delay=300.0,
+                f"no online node that can take a clone of template {self.template!r}{reach} "
+                f"has {spec.memory_mib} MiB free", delay=300.0,
             )
         _, _, node, template = max(candidates, key=lambda c: (c[0], c[1], c[2]))
         return template, node
@@ -222,10 +229,19 @@ class ProxmoxCompute(ComputeDriver):
         )
 
     def _bound(self, guest: Guest) -> list[str]:
-        names = {s["name"] for s in self.api.get(f"{guest.path}/firewall/ipset")}
-        if IPSET not in names:
+        """The IP set's addresses, only while they filter: PVE applies a VM's ``ipfilter``
+        when the datacenter firewall is on, the VM's firewall and ipfilter are on, and
+        ``net0`` has ``firewall=1``; otherwise nothing is bound, whatever the set holds."""
+        base = f"{guest.path}/firewall"
+        if not (self._datacenter_firewall() and _options_filter(self.api.get(f"{base}/options"))
+                and _nic_firewalled(self.api.get(f"{guest.path}/config"))):
             return []
-        return [_address(e["cidr"]) for e in self.api.get(f"{guest.path}/firewall/ipset/{IPSET}")]
+        if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
+            return []
+        return [_address(e["cidr"]) for e in self.api.get(f"{base}/ipset/{IPSET}")]
+
+    def _datacenter_firewall(self) -> bool:
+        return bool(int(self.api.get("cluster/firewall/options").get("enable", 0)))
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -614,8 +630,19 @@ class ProxmoxCompute(ComputeDriver):
         return True
 
     def _bind(self, guest: Guest, addresses: tuple[str, ...]) -> bool:
+        """The IP set, the VM's firewall options and ``firewall=1`` on net0.
+
+        The datacenter firewall is the cluster's, not this VM's: switching it on
+        applies every node's and guest's rules at once, so it is refused here,
+        before anything changes, rather than switched on.
+        """
+        if not self._datacenter_firewall():
+            raise PermanentError(
+                f"VM {guest.vmid}: the datacenter firewall is disabled, so an IP filter "
+                "would filter nothing; enable it (cluster firewall options) first"
+            )
         base = f"{guest.path}/firewall"
-        changed = False
+        changed = self._firewall_nic(guest)
         if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
             self.api.post(f"{base}/ipset", name=IPSET, comment="orchestrator: allowed sources")
             changed = True
@@ -631,6 +658,16 @@ class ProxmoxCompute(ComputeDriver):
             self.api.put(f"{base}/options", enable=1, ipfilter=1)
             changed = True
         return changed
+
+    def _firewall_nic(self, guest: Guest) -> bool:
+        net0 = str(self.api.get(f"{guest.path}/config").get("net0", ""))
+        if not net0:
+            raise PermanentError(f"VM {guest.vmid} has no net0 to filter")
+        if _nic_firewalled({"net0": net0}):
+            return False
+        parts = [p for p in net0.split(",") if not p.startswith("firewall=")]
+        self.api.put(f"{guest.path}/config", net0=",".join([*parts, "firewall=1"]))
+        return True
 
     def _destroy(self, guest: Guest) -> None:
         self.api.task(
@@ -666,6 +703,14 @@ class ProxmoxCompute(ComputeDriver):
 
     def _any_node(self) -> str:
         return str(self.api.get("nodes")[0]["node"])
+
+
+def _nic_firewalled(config: dict[str, Any]) -> bool:
+    return "firewall=1" in str(config.get("net0", "")).split(",")
+
+
+def _options_filter(options: dict[str, Any]) -> bool:
+    return bool(options.get("enable")) and bool(options.get("ipfilter"))
 
 
 def _scratch_name(ref: ServiceRef, vmid: int) -> str:

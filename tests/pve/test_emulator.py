@@ -299,6 +299,8 @@ class Api:
 def test_every_endpoint_answers_in_its_documented_shape(pve: PveLab) -> None:
     api = Api(pve)
     api("GET", "/version")
+    assert api("GET", "/cluster/firewall/options")["enable"] == 1
+    api("PUT", "/cluster/firewall/options", enable=1, policy_in="DROP")
     assert [n["node"] for n in api("GET", "/nodes")] == ["pve1", "pve2", "pve3"]
     api("GET", "/nodes/pve2/status")
     for kind in ("vm", "node", "storage"):
@@ -437,6 +439,25 @@ def test_pve_refusals_match_pve(pve: PveLab, guest: int) -> None:
     api.ok("POST", f"/nodes/pve1/qemu/{guest}/status/stop")
     stopped = send(pve, "POST", f"/nodes/pve1/qemu/{guest}/status/reboot")
     assert (stopped.status_code, stopped.reason) == (500, f"VM {guest} not running")
+
+
+def test_clones_across_nodes_need_shared_storage_on_both_ends(pve: PveLab) -> None:
+    """``clone_vm``: the source's disks and the target storage must both be shared."""
+    api = Api(pve)
+    onto_local = send(pve, "POST", "/nodes/pve3/qemu/9001/clone",
+                      {"newid": "992", "target": "pve1", "full": "1", "storage": "local-lvm"})
+    assert (onto_local.status_code, onto_local.reason) == (
+        500, "can't clone to non-shared storage 'local-lvm'")
+    from_local = send(pve, "POST", "/nodes/pve1/qemu/9000/clone",
+                      {"newid": "993", "target": "pve2", "full": "1", "storage": "ceph-vm"})
+    assert (from_local.status_code, from_local.reason) == (
+        500, "can't clone VM to node 'pve2' (VM uses local storage)")
+    api.ok("POST", "/nodes/pve3/qemu/9001/clone", newid=994, target="pve1", full=1,
+           storage="ceph-vm", name="shared-clone")
+    (disk,) = [c for c in api("GET", "/nodes/pve2/storage/ceph-vm/content", vmid=994)]
+    assert disk["volid"] == "ceph-vm:vm-994-disk-0"  # a shared storage: every node sees it
+    assert api("GET", "/nodes/pve2/storage/local-lvm/content", vmid=994) == []
+    api.ok("DELETE", "/nodes/pve1/qemu/994", purge=1)
 
 
 # Worked by hand from PVE::Storage::prune_mark_backup_group (pve-storage 9.1.7): newest
