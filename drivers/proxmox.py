@@ -221,20 +221,20 @@ class ProxmoxCompute(ComputeDriver):
             _power(status),
             network_cut="link_down=1" in str(config.get("net0", "")),
             data_present=True,
-            addresses=tuple(sorted(self._bound(guest))),
+            addresses=tuple(sorted(self._bound(guest, config))),
             vcpus=int(config.get("cores", 1)) * int(config.get("sockets", 1)),
             memory_mib=int(config.get("memory", 0)),
             disk_gib=_disk_gib(str(config.get(self.disk, ""))),
             autostart=bool(int(config.get("onboot", 0))),
         )
 
-    def _bound(self, guest: Guest) -> list[str]:
+    def _bound(self, guest: Guest, config: dict[str, Any]) -> list[str]:
         """The IP set's addresses, only while they filter: PVE applies a VM's ``ipfilter``
         when the datacenter firewall is on, the VM's firewall and ipfilter are on, and
         ``net0`` has ``firewall=1``; otherwise nothing is bound, whatever the set holds."""
         base = f"{guest.path}/firewall"
-        if not (self._datacenter_firewall() and _options_filter(self.api.get(f"{base}/options"))
-                and _nic_firewalled(self.api.get(f"{guest.path}/config"))):
+        if not (_nic_firewalled(config) and self._datacenter_firewall()
+                and _options_filter(self.api.get(f"{base}/options"))):
             return []
         if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
             return []
