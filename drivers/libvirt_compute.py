@@ -871,7 +871,7 @@ class LibvirtCompute(ComputeDriver):
         while domain.isActive() and time.monotonic() < deadline:
             time.sleep(0.2)
         if domain.isActive():
-            domain.destroy()
+            _destroy_unless_gone(domain)
         return True
 
     def _cut(self, domain: libvirt.virDomain) -> bool:
@@ -898,6 +898,16 @@ class LibvirtCompute(ComputeDriver):
         domain.setMetadata(
             libvirt.VIR_DOMAIN_METADATA_ELEMENT, f"<link state='{state}'/>", "o", NETWORK_NS, flags
         )
+
+
+def _destroy_unless_gone(domain: libvirt.virDomain) -> None:
+    """A guest powering itself off may finish between the check and the destroy:
+    libvirt then refuses ("domain is not running"), and the guest is off all the same."""
+    try:
+        domain.destroy()
+    except libvirt.libvirtError:
+        if domain.isActive():
+            raise
 
 
 def _set_links(domain: libvirt.virDomain, state: str, live: bool) -> None:

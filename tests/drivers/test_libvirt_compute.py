@@ -367,3 +367,26 @@ def test_capabilities_declare_exactly_what_works(driver: LibvirtCompute) -> None
 )
 def test_a_wipe_is_named_by_what_it_left_allocated(allocated_after: int, method: str) -> None:
     assert _wipe_method(allocated_after) == method
+
+
+class _PoweringOff:
+    """A guest that finishes its own ACPI power-off just as the timeout ends."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def shutdown(self) -> None:
+        pass
+
+    def isActive(self) -> bool:
+        self.checks += 1
+        return self.checks <= 3  # not stopped, still running at the deadline, at the check
+
+    def destroy(self) -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID,
+                            "Requested operation is not valid: domain is not running")
+
+
+def test_a_guest_that_powers_off_as_the_timeout_ends_is_off_not_an_error() -> None:
+    driver = LibvirtCompute("test:///default", shutdown_timeout=0)
+    assert driver._shut_down(_PoweringOff()) is True
