@@ -27,6 +27,7 @@ for word in "$@"; do
       key=$(echo "$word" | tr -d -)
       n=$(cat "{dir}/$key.n" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "{dir}/$key.n"
       file="{dir}/$key.$n"; [ -f "$file" ] || file=$(ls "{dir}/$key".[0-9]* | sort -V | tail -1)
+      [ -f "{dir}/$key.sleep" ] && exec sleep "$(cat "{dir}/$key.sleep")"
       cat "$file"
       exit $(cat "{dir}/$key.rc" 2>/dev/null || echo 0)
       ;;
@@ -179,6 +180,28 @@ def test_a_failed_security_erase_leaves_no_password_set(tools: Path, tmp_path: P
     record = disk_erase.erase_device(disk(tmp_path, "sda"), samples=8, seed=1)
     assert record["result"] == "failed" and "security erase failed" in record["error"]
     assert commands(tools)[-1].startswith("--user-master u --security-disable NULL")
+
+
+def test_an_erase_past_its_time_fails_only_once_hdparm_has_exited(
+    tools: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer(tools, "I", HDPARM_HEAD + HDD + SECURITY_NOT_FROZEN)
+    answer(tools, "securityeraseenhanced", "")
+    (tools / "securityeraseenhanced.sleep").write_text("30")
+    monkeypatch.setattr(disk_erase, "security_erase_timeout", lambda *_: 0.5)
+    record = disk_erase.erase_device(disk(tmp_path, "sda"), samples=8, seed=1)
+    assert record["result"] == "failed" and "still running" in record["error"]
+    assert commands(tools)[-1].startswith("--user-master u --security-disable NULL")
+    hung = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+            if b"--security-erase-enhanced" in _read(p)]
+    assert hung == []  # killed and waited for before the failure was reported
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize(
