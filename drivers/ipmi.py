@@ -26,12 +26,19 @@ RAKP2". ipmitool reads the algorithms the BMC chose and succeeds. The IPMI
 2.0 spec (13.17) says the BMC's Open Session Response names the algorithms
 for the session; we read them as ipmitool does, adopt suite 3 when the BMC
 chose it, and refuse any other choice.
+
+The patch reaches into pyghmi's private session (``_got_rmcp_response``,
+``_get_session_challenge``, ``initting_sessions``, ``attemptedhash``...),
+which any release may change. It was proven on the versions of
+``PROVEN_PYGHMI`` (pyproject pins the same range); on any other the driver
+refuses to start, loudly, rather than patch what it does not know.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib import metadata
 from typing import Any, TypeVar
 
 from pyghmi import exceptions as pyghmi_exceptions
@@ -59,6 +67,9 @@ from orchestrator.redact import redact_text
 
 T = TypeVar("T")
 
+# The pyghmi releases the session patch was proven on, [lowest, above-highest).
+PROVEN_PYGHMI = ((1, 6, 19), (1, 7))
+PATCHED = ("_got_rmcp_response", "_get_session_challenge", "initting_sessions")
 # (authentication, integrity, confidentiality) algorithm numbers of IPMI 2.0 table 22-19.
 SUITES: dict[tuple[int, int, int], int] = {(3, 4, 1): 17, (1, 1, 1): 3}
 ACCEPTED_SUITES = frozenset(SUITES.values())
@@ -289,8 +300,23 @@ def _driver_error(bmc: Bmc, host: str, what: str, exc: Exception) -> Exception:
 _installed = threading.Lock()
 
 
+def _require_proven_pyghmi(version: str) -> None:
+    """Refuse a pyghmi whose private session this driver's patch was never proven on."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    low, high = PROVEN_PYGHMI
+    missing = [name for name in PATCHED if not hasattr(ipmi_session.Session, name)]
+    if not low <= numbers < high or missing:
+        proven = f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+        raise PermanentError(
+            f"pyghmi {version} is not a version the IPMI session patch was proven on "
+            f"({proven}{'; it lacks ' + ', '.join(missing) if missing else ''}): refusing "
+            "to patch it; install a proven pyghmi"
+        )
+
+
 def _install_negotiation() -> None:
     """Make pyghmi's client honour the BMC's choice of cipher suite (see the module's text)."""
+    _require_proven_pyghmi(metadata.version("pyghmi"))
     with _installed:
         session_class = ipmi_session.Session
         if getattr(session_class, "_orchestrator_negotiates", False):

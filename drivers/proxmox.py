@@ -31,7 +31,10 @@ nodes without the orchestrator noticing. The lifecycle maps to Proxmox as:
 Backups are vzdump archives whose notes name the service (notes-template
 ``{{guestname}}``), so they are found after the VM itself is gone. Addresses
 are bound by the VM firewall's ``ipfilter-net0`` IP set, which Proxmox
-uses to drop traffic from any other source address.
+uses to drop traffic from any other source address, with ``firewall=1`` on
+net0; binding is refused while the datacenter firewall is off, as the set
+would filter nothing, and addresses are reported bound only while all of
+that holds.
 """
 
 from __future__ import annotations
@@ -178,7 +181,10 @@ class ProxmoxCompute(ComputeDriver):
     def _placement(self, spec: MachineSpec) -> tuple[Template, str]:
         """The template to clone and the node to clone onto: the most free memory wins."""
         templates = self._templates()
-        shared = next((t for t in templates if t.shared), None)
+        # PVE clones onto another node only from a template on shared storage and onto
+        # shared storage ("can't clone to non-shared storage"); else only where it lives.
+        shared = next((t for t in templates if t.shared), None) if self._shared(
+            self.storage) else None
         local = {t.node: t for t in templates}
         needed = spec.memory_mib * 1024 * 1024
         candidates = []
@@ -191,9 +197,10 @@ class ProxmoxCompute(ComputeDriver):
             if template is not None and free >= needed:
                 candidates.append((free, -float(node.get("cpu", 0)), name, template))
         if not candidates:
+            reach = "" if shared else f" (storage {self.storage!r} is not shared)"
             raise TemporaryError(
-                f"no online node holding template {self.template!r} has "
-                f"{spec.memory_mib} MiB free", delay=300.0,
+                f"no online node that can take a clone of template {self.template!r}{reach} "
+                f"has {spec.memory_mib} MiB free", delay=300.0,
             )
         _, _, node, template = max(candidates, key=lambda c: (c[0], c[1], c[2]))
         return template, node
@@ -214,18 +221,27 @@ class ProxmoxCompute(ComputeDriver):
             _power(status),
             network_cut="link_down=1" in str(config.get("net0", "")),
             data_present=True,
-            addresses=tuple(sorted(self._bound(guest))),
+            addresses=tuple(sorted(self._bound(guest, config))),
             vcpus=int(config.get("cores", 1)) * int(config.get("sockets", 1)),
             memory_mib=int(config.get("memory", 0)),
             disk_gib=_disk_gib(str(config.get(self.disk, ""))),
             autostart=bool(int(config.get("onboot", 0))),
         )
 
-    def _bound(self, guest: Guest) -> list[str]:
-        names = {s["name"] for s in self.api.get(f"{guest.path}/firewall/ipset")}
-        if IPSET not in names:
+    def _bound(self, guest: Guest, config: dict[str, Any]) -> list[str]:
+        """The IP set's addresses, only while they filter: PVE applies a VM's ``ipfilter``
+        when the datacenter firewall is on, the VM's firewall and ipfilter are on, and
+        ``net0`` has ``firewall=1``; otherwise nothing is bound, whatever the set holds."""
+        base = f"{guest.path}/firewall"
+        if not (_nic_firewalled(config) and self._datacenter_firewall()
+                and _options_filter(self.api.get(f"{base}/options"))):
             return []
-        return [_address(e["cidr"]) for e in self.api.get(f"{guest.path}/firewall/ipset/{IPSET}")]
+        if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
+            return []
+        return [_address(e["cidr"]) for e in self.api.get(f"{base}/ipset/{IPSET}")]
+
+    def _datacenter_firewall(self) -> bool:
+        return bool(int(self.api.get("cluster/firewall/options").get("enable", 0)))
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -432,9 +448,14 @@ class ProxmoxCompute(ComputeDriver):
             options["force"] = 1
         elif guest is not None:
             self._destroy(guest)
-        vmid = guest.vmid if guest is not None else int(self.api.get("cluster/nextid"))
-        self.api.task(f"restore {ref.name} from {backup_id}",
-                      lambda: self.api.post(f"nodes/{node}/qemu", vmid=vmid, **options))
+        action = f"restore {ref.name} from {backup_id}"
+        if guest is not None:
+            vmid = guest.vmid
+            self.api.task(action, lambda: self.api.post(f"nodes/{node}/qemu", vmid=vmid, **options))
+        else:
+            vmid = self._with_new_vmid(
+                action, lambda new: self.api.post(f"nodes/{node}/qemu", vmid=new, **options)
+            )
         restored = Guest(node, vmid)
         if spec.addresses:
             self._bind(restored, spec.addresses)
@@ -456,15 +477,24 @@ class ProxmoxCompute(ComputeDriver):
         """
         backup = self._chosen_backup(ref, backup_id)
         node = _volume_node(backup.backup_id) or self._any_node()
-        vmid = int(self.api.get("cluster/nextid"))
-        scratch = Guest(node, vmid)
-        name = f"scratch-{ref.service_id}-{vmid}"
-        evidence: dict[str, Any] = {"backup": backup_id, "scratch": name, "vmid": vmid,
-                                    "node": node}
+        restored: list[int] = []  # the vmid PVE accepted the restore under, once it did
+
+        def restore(vmid: int) -> Any:
+            upid = self.api.post(
+                f"nodes/{node}/qemu", vmid=vmid, archive=_volid(backup.backup_id),
+                storage=self.storage, unique=1, name=_scratch_name(ref, vmid),
+            )
+            restored.append(vmid)
+            return upid
+
+        evidence: dict[str, Any] = {"backup": backup_id, "node": node}
         try:
-            evidence.update(self._boot_scratch(scratch, name, backup))
+            evidence.update(self._boot_scratch(node, f"restore scratch of {ref.name}", restore))
         finally:
-            evidence["scratch_removed"] = self._remove_scratch(scratch, name)
+            if restored:  # never another VM's: only the vmid our own restore was accepted under
+                name = _scratch_name(ref, restored[-1])
+                evidence.update(scratch=name, vmid=restored[-1])
+                evidence["scratch_removed"] = self._remove_scratch(Guest(node, restored[-1]), name)
         evidence["verified"] = evidence["booted"]
         verdict = "verified" if evidence["booted"] else "FAILED verification"
         detail = f"backup {backup_id} {verdict}: " + (
@@ -472,17 +502,16 @@ class ProxmoxCompute(ComputeDriver):
         )
         return Outcome(False, self.inspect(ref), detail, evidence)
 
-    def _boot_scratch(self, scratch: Guest, name: str, backup: BackupCopy) -> dict[str, Any]:
-        """A failed task is the backup failing, reported; any other error is raised."""
+    def _boot_scratch(
+        self, node: str, action: str, restore: Callable[[int], Any]
+    ) -> dict[str, Any]:
+        """A failed task is the backup failing, reported; any other error is raised.
+
+        The scratch's vmid comes from ``/cluster/nextid`` with the same retry as a clone.
+        """
         checked = ["qmrestore task", "network devices removed", "qm start task", "status running"]
         try:
-            self.api.task(
-                f"restore {name}",
-                lambda: self.api.post(
-                    f"nodes/{scratch.node}/qemu", vmid=scratch.vmid,
-                    archive=_volid(backup.backup_id), storage=self.storage, unique=1, name=name,
-                ),
-            )
+            scratch = Guest(node, self._with_new_vmid(action, restore))
             nets = [k for k in self.api.get(f"{scratch.path}/config") if re.fullmatch(r"net\d+", k)]
             if nets:
                 self.api.put(f"{scratch.path}/config", delete=",".join(nets))
@@ -601,8 +630,19 @@ class ProxmoxCompute(ComputeDriver):
         return True
 
     def _bind(self, guest: Guest, addresses: tuple[str, ...]) -> bool:
+        """The IP set, the VM's firewall options and ``firewall=1`` on net0.
+
+        The datacenter firewall is the cluster's, not this VM's: switching it on
+        applies every node's and guest's rules at once, so it is refused here,
+        before anything changes, rather than switched on.
+        """
+        if not self._datacenter_firewall():
+            raise PermanentError(
+                f"VM {guest.vmid}: the datacenter firewall is disabled, so an IP filter "
+                "would filter nothing; enable it (cluster firewall options) first"
+            )
         base = f"{guest.path}/firewall"
-        changed = False
+        changed = self._firewall_nic(guest)
         if IPSET not in {s["name"] for s in self.api.get(f"{base}/ipset")}:
             self.api.post(f"{base}/ipset", name=IPSET, comment="orchestrator: allowed sources")
             changed = True
@@ -618,6 +658,16 @@ class ProxmoxCompute(ComputeDriver):
             self.api.put(f"{base}/options", enable=1, ipfilter=1)
             changed = True
         return changed
+
+    def _firewall_nic(self, guest: Guest) -> bool:
+        net0 = str(self.api.get(f"{guest.path}/config").get("net0", ""))
+        if not net0:
+            raise PermanentError(f"VM {guest.vmid} has no net0 to filter")
+        if _nic_firewalled({"net0": net0}):
+            return False
+        parts = [p for p in net0.split(",") if not p.startswith("firewall=")]
+        self.api.put(f"{guest.path}/config", net0=",".join([*parts, "firewall=1"]))
+        return True
 
     def _destroy(self, guest: Guest) -> None:
         self.api.task(
@@ -653,6 +703,18 @@ class ProxmoxCompute(ComputeDriver):
 
     def _any_node(self) -> str:
         return str(self.api.get("nodes")[0]["node"])
+
+
+def _nic_firewalled(config: dict[str, Any]) -> bool:
+    return "firewall=1" in str(config.get("net0", "")).split(",")
+
+
+def _options_filter(options: dict[str, Any]) -> bool:
+    return bool(options.get("enable")) and bool(options.get("ipfilter"))
+
+
+def _scratch_name(ref: ServiceRef, vmid: int) -> str:
+    return f"scratch-{ref.service_id}-{vmid}"
 
 
 def _power(status: dict[str, Any]) -> Power:

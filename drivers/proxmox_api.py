@@ -39,6 +39,7 @@ from orchestrator.credentials import Secret
 LOCKED = re.compile(r"is locked \(([\w-]+)\)")
 UNREACHABLE = {502, 503, 504, 595, 596}
 LOG_TAIL = 20
+LOG_PAGE = 500
 
 
 class Locked(TemporaryError):
@@ -191,5 +192,18 @@ class PveApi:
         )
 
     def log_tail(self, node: str, upid: str) -> list[str]:
-        lines = self.get(f"nodes/{node}/tasks/{upid}/log", limit=500)
-        return [str(line.get("t", "")) for line in lines][-LOG_TAIL:]
+        """The log's last lines: paged to its end, where a failed task says ``TASK ERROR``.
+
+        The API returns at most ``limit`` lines from ``start``, numbered by ``n``; a
+        page shorter than ``limit`` is the last one. Lines numbered at or before
+        ``start`` are not new (PVE answers an empty range with one "no content" line).
+        """
+        tail: list[str] = []
+        start = 0
+        while True:
+            page = self.get(f"nodes/{node}/tasks/{upid}/log", start=start, limit=LOG_PAGE)
+            fresh = [line for line in page if int(line.get("n", start + 1)) > start]
+            tail = (tail + [str(line.get("t", "")) for line in fresh])[-LOG_TAIL:]
+            start += len(fresh)
+            if len(page) < LOG_PAGE or not fresh:
+                return tail

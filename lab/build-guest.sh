@@ -6,7 +6,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 lab_dir=${LAB_DIR:-/var/lib/orchestrator-lab}
 images="$lab_dir/images"
-if [ -s "$images/initrd.img" ] && [ "$images/initrd.img" -nt "$here/guest-init.sh" ]; then
+# Rebuilt whenever the init or this recipe changed since the last build, so
+# a machine that built an older guest gets the new one at the next `up`.
+if [ -s "$images/initrd.img" ] && [ "$images/initrd.img" -nt "$here/guest-init.sh" ] \
+    && [ "$images/initrd.img" -nt "$0" ]; then
   exit 0
 fi
 kernel=$(ls /boot/vmlinuz-* | sort -V | tail -n 1)
@@ -16,7 +19,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,lib/modules/"$version"} "$images"
 cp /bin/busybox "$root/bin/busybox"
 for module in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-              virtio_blk failover net_failover virtio_net; do
+              virtio_blk failover net_failover virtio_net evdev button; do
   path=$(modinfo -k "$version" -n "$module" 2>/dev/null || true)
   [ -n "$path" ] || continue
   target="$root/lib/modules/$version/${path#/lib/modules/$version/}"

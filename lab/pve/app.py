@@ -148,6 +148,11 @@ def _fail_next(emu: Emulator, args: dict[str, Any]) -> None:
                                                 [str(x) for x in args.get("log", [])])
 
 
+def _nextid_races(emu: Emulator, args: dict[str, Any]) -> None:
+    """The next ``count`` ids /cluster/nextid proposes are taken by someone else at once."""
+    emu.cluster.nextid_races = int(args["count"])
+
+
 def _task_seconds(emu: Emulator, args: dict[str, Any]) -> None:
     emu.tasks.seconds = float(args["seconds"])
 
@@ -182,6 +187,7 @@ CONTROLS: dict[tuple[str, str], Callable[[Emulator, dict[str, Any]], Any]] = {
     ("POST", "hold-lock"): _hold_lock,
     ("POST", "fail-next"): _fail_next,
     ("POST", "task-seconds"): _task_seconds,
+    ("POST", "nextid-races"): _nextid_races,
     ("POST", "clock"): _clock,
     ("POST", "auth-delay"): _auth_delay,
     ("GET", "state"): _state,

@@ -1,4 +1,4 @@
-"""vzdump, storage content, and prune, with the retention rules of ``orchestrator.prune``.
+"""vzdump, storage content, and prune, with PVE's own retention rules (``lab.pve.prune``).
 
 vzdump behaves as ``PVE::VZDump``: the task id is the guest when one guest is named; the
 lock ``backup`` is held while the task runs; a guest that is already locked is not a
@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lab.pve.auth import require
+from lab.pve.prune import keeps_everything, prune_list
 from lab.pve.registry import Call, api
 from lab.pve.schema import split_list
-from lab.pve.state import BACKUP_NAME, GIB, Cluster, Guest, Volume, fail
+from lab.pve.state import GIB, Cluster, Guest, Volume, fail
 from lab.pve.tasks import Task, TaskError
-from orchestrator.prune import KeepRules, prune
 
 EXTENSIONS = {"0": "vma", "1": "vma.lzo", "lzo": "vma.lzo", "gzip": "vma.gz", "zstd": "vma.zst"}
 
@@ -195,7 +195,7 @@ class _Job:
         if not self.call.flag("remove", True):
             return
         keep = self.call.text("prune-backups") or self.cluster.storages[self.storage].prune_backups
-        if KeepRules.parse(keep).keeps_everything:
+        if keeps_everything(keep):
             return
         task.say(f"INFO: prune older backups with retention: {keep}")
         removed = 0
@@ -220,21 +220,10 @@ def _notes(call: Call, guest: Guest) -> str:
 
 def marks(cluster: Cluster, node: str, storage: str, keep: str,
           vmid: int | None = None) -> list[dict[str, Any]]:
-    """The dry-run list: every standard-named backup with keep/remove/protected."""
-    rules = KeepRules.parse(keep)
-    groups: dict[int, list[Volume]] = {}
-    for volume in cluster.node_volumes(node, storage):
-        found = BACKUP_NAME.search(volume.volid)
-        if volume.content == "backup" and found and vmid in (None, volume.vmid):
-            groups.setdefault(int(found["vmid"]), []).append(volume)
-    out = []
-    for group_vmid, volumes in sorted(groups.items()):
-        decided = prune([(v.volid, datetime.fromtimestamp(v.ctime, UTC), v.protected)
-                         for v in volumes], rules)
-        by_id = {d.backup_id: d.mark for d in decided}
-        out += [{"volid": v.volid, "ctime": v.ctime, "mark": by_id[v.volid], "type": "qemu",
-                 "vmid": group_vmid} for v in volumes]
-    return out
+    """The dry-run list: every backup of the storage (of ``vmid``) with its mark."""
+    volumes = [v for v in cluster.node_volumes(node, storage)
+               if v.content == "backup" and vmid in (None, v.vmid)]
+    return prune_list(volumes, keep)
 
 
 def _prune_options(call: Call) -> tuple[str, str, str, int | None]:

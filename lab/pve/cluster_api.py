@@ -112,6 +112,9 @@ def nextid(call: Call) -> int:
     vmid = 100
     while vmid in call.cluster.guests:
         vmid += 1
+    if call.cluster.nextid_races > 0:  # another client takes the id right after proposing it
+        call.cluster.nextid_races -= 1
+        call.cluster.guests[vmid] = Guest(vmid, "pve3", {"name": f"racer-{vmid}"})
     return vmid
 
 

@@ -1,4 +1,10 @@
-"""A guest's firewall: IP sets and options (``PVE::API2::Firewall::VM``), synchronous."""
+"""Firewalls: a guest's IP sets and options (``PVE::API2::Firewall::VM``) and the
+datacenter's options (``PVE::API2::Firewall::Cluster``), all synchronous.
+
+As in PVE, a guest's rules and IP sets filter nothing unless the datacenter firewall
+is enabled and the NIC has ``firewall=1``: this module stores the settings; what
+filters is read from all three by whoever asks.
+"""
 
 from __future__ import annotations
 
@@ -113,3 +119,33 @@ def set_options(call: Call) -> None:
             value = call.params[key]
             guest.fw_options[key] = ("1" if value else "0") if isinstance(value, bool) else str(
                 value)
+
+
+CLUSTER_OPTION_KEYS = ("ebtables", "enable", "log_ratelimit", "policy_forward", "policy_in",
+                       "policy_out")
+
+
+def _cluster_digest(values: dict[str, str]) -> str:
+    return hashlib.sha1(repr(sorted(values.items())).encode()).hexdigest()
+
+
+@api("GET", "/cluster/firewall/options")
+def cluster_options(call: Call) -> dict[str, Any]:
+    values = call.cluster.fw_options
+    out: dict[str, Any] = {k: int(v) if k in ("ebtables", "enable") else v
+                           for k, v in values.items()}
+    return {**out, "digest": _cluster_digest(values)}
+
+
+@api("PUT", "/cluster/firewall/options")
+def set_cluster_options(call: Call) -> None:
+    values = call.cluster.fw_options
+    digest = call.params.get("digest")
+    if digest and digest != _cluster_digest(values):
+        raise fail("detected modified configuration - file changed by other user? Try again.")
+    for key in split_list(call.text("delete")):
+        values.pop(key, None)
+    for key in CLUSTER_OPTION_KEYS:
+        if call.params.get(key) is not None:
+            value = call.params[key]
+            values[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)

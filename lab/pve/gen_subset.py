@@ -25,6 +25,8 @@ ENDPOINTS: tuple[tuple[str, str], ...] = (
     ("POST", "/access/ticket"),
     ("GET", "/cluster/resources"),
     ("GET", "/cluster/nextid"),
+    ("GET", "/cluster/firewall/options"),
+    ("PUT", "/cluster/firewall/options"),
     ("GET", "/nodes"),
     ("GET", "/nodes/{node}/status"),
     ("GET", "/nodes/{node}/qemu"),

@@ -72,6 +72,10 @@ class PveLab:
         """The next task of ``task_type`` (vzdump, qmstart, ...) fails with this log."""
         self.control("POST", "fail-next", type=task_type, exitstatus=exitstatus, log=log_lines)
 
+    def lose_nextid_races(self, count: int) -> None:
+        """The next ``count`` vmids /cluster/nextid proposes go to another client at once."""
+        self.control("POST", "nextid-races", count=count)
+
     def set_clock(self, when: datetime) -> int:
         """The emulator's clock (backup names, ctime) continues from ``when``."""
         return int(self.control("POST", "clock", set=when.isoformat()))

@@ -224,10 +224,16 @@ def _check_clone(call: Call, source: Guest, newid: int, target: str, full: bool)
         raise fail("parameter 'format' not allowed for linked clones")
     if not full and not source.template:
         raise fail("Linked clone feature is not supported for drive 'scsi0'")
-    if target != source.node:
+    if target != source.node and not _on_shared_storage(cluster, source):
         raise fail(f"can't clone VM to node '{target}' (VM uses local storage)")
     if newid in cluster.guests:
         raise fail(f"unable to create VM {newid}: config file already exists")
+
+
+def _on_shared_storage(cluster: Cluster, guest: Guest) -> bool:
+    """``check_storage_access_clone``: every disk on a storage all nodes share."""
+    stores = [cluster.storages.get(drive.split(":")[0]) for drive in guest.disks().values()]
+    return all(store is not None and store.shared for store in stores)
 
 
 def _clone_disk(cluster: Cluster, source: Guest, newid: int, node: str, key: str,

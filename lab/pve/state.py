@@ -71,7 +71,12 @@ class Node:
 
 @dataclass
 class Storage:
-    """A node-local storage as ``storage.cfg`` declares it (no shared storage in this lab)."""
+    """A storage as ``storage.cfg`` declares it, on every node.
+
+    A local one (``dir``, ``lvmthin``) is a separate store per node: a volume is seen
+    only on the node holding it. A shared one (``rbd``, ``nfs``) is one store that
+    every node sees.
+    """
 
     storage: str
     type: str
@@ -195,6 +200,8 @@ class Cluster:
         self.storages: dict[str, Storage] = {}
         self.guests: dict[int, Guest] = {}
         self.volumes: dict[tuple[str, str], Volume] = {}  # (node, volid)
+        self.fw_options: dict[str, str] = {}  # /cluster/firewall/options (cluster.fw)
+        self.nextid_races = 0  # the lab's knob: proposals another client takes at once
 
     def node(self, name: str) -> Node:
         found = self.nodes.get(name)
@@ -220,8 +227,10 @@ class Cluster:
         return found
 
     def node_volumes(self, node: str, storage: str) -> list[Volume]:
+        """What ``node`` sees on ``storage``: its own volumes, or all of a shared storage."""
+        shared = storage in self.storages and self.storages[storage].shared
         return [v for (n, _), v in sorted(self.volumes.items())
-                if n == node and v.storage == storage]
+                if (n == node or shared) and v.storage == storage]
 
     def add_volume(self, volume: Volume) -> None:
         self.volumes[(volume.node, volume.volid)] = volume
@@ -234,7 +243,13 @@ class Cluster:
 
 
 def lab_cluster(clock: Clock) -> Cluster:
-    """Three nodes with different headroom, node-local storages, one template on pve1."""
+    """Three nodes with different headroom, local storages and one shared (Ceph RBD).
+
+    Two templates: ``debian-12-tmpl`` on pve1's local-lvm, ``debian-12-shared`` on
+    pve3 with its disk on the shared storage. Neither has ``firewall=1`` on its
+    NIC (PVE adds it only when asked). The datacenter firewall is on, as a provider
+    that filters guests' addresses runs it; PVE's own default is off.
+    """
     cluster = Cluster(clock)
     for name, maxmem, used, cpus, load in (
         ("pve1", 64 * GIB, 20 * GIB, 16, 0.12),
@@ -246,14 +261,22 @@ def lab_cluster(clock: Clock) -> Cluster:
                                         500 * GIB)
     cluster.storages["local-lvm"] = Storage("local-lvm", "lvmthin", ("images", "rootdir"),
                                             1000 * GIB)
-    disk = "local-lvm:base-9000-disk-0"
-    cluster.guests[9000] = Guest(9000, "pve1", {
-        "name": "debian-12-tmpl", "template": "1", "cores": "1", "sockets": "1",
+    cluster.storages["ceph-vm"] = Storage("ceph-vm", "rbd", ("images", "rootdir"),
+                                          4000 * GIB, shared=True)
+    cluster.fw_options["enable"] = "1"
+    _template(cluster, 9000, "pve1", "debian-12-tmpl", "local-lvm")
+    _template(cluster, 9001, "pve3", "debian-12-shared", "ceph-vm")
+    return cluster
+
+
+def _template(cluster: Cluster, vmid: int, node: str, name: str, storage: str) -> None:
+    disk = f"{storage}:base-{vmid}-disk-0"
+    cluster.guests[vmid] = Guest(vmid, node, {
+        "name": name, "template": "1", "cores": "1", "sockets": "1",
         "memory": "1024", "ostype": "l26", "scsihw": "virtio-scsi-single",
         "scsi0": f"{disk},iothread=1,size=2G", "boot": "order=scsi0",
-        "net0": f"virtio={new_mac(cluster.rng)},bridge=vmbr0,firewall=1",
+        "net0": f"virtio={new_mac(cluster.rng)},bridge=vmbr0",
         "agent": "1", "serial0": "socket", "vga": "serial0",
         "meta": "creation-qemu=9.2.0,ctime=1763800000", "vmgenid": "1",
     })
-    cluster.add_volume(Volume(disk, "pve1", "images", 2 * GIB, cluster.now(), 9000))
-    return cluster
+    cluster.add_volume(Volume(disk, node, "images", 2 * GIB, cluster.now(), vmid))

@@ -9,9 +9,28 @@ Method order (strongest first; NIST SP 800-88 Rev. 1, table A-8 for ATA
 and NVMe): NVMe Sanitize Crypto Erase, NVMe Sanitize Block Erase, NVMe
 Format with Cryptographic Erase, ATA Sanitize Crypto Scramble, ATA
 Sanitize Block Erase, ATA Enhanced Security Erase, ATA Security Erase,
-then a full overwrite. The first seven are NIST "Purge"; overwrite is
-NIST "Clear" and is recorded as such. A frozen ATA device cannot take
+then a full overwrite. The sanitize and format methods and the enhanced
+security erase are NIST "Purge"; the plain (normal) security erase is
+"Purge" on a rotating disk only: on a solid-state one it need not reach
+spare and remapped blocks, and without the vendor's assurance it is
+recorded as "Clear", as is overwrite. A frozen ATA device cannot take
 security erase until power-cycled, so it drops to the next method.
+
+Waiting for the device: NVMe sanitize and ATA SANITIZE run in the
+background; the sanitize log (``nvme sanitize-log -o json``, its status
+nested as ``{"<dev>": {"sstat": {"status": "(2) ..."}}}``) or ``hdparm
+--sanitize-status`` is polled until the operation ends, and a failed one
+(NVMe status 3, ATA "Sanitize Frozen" or no "Completed Without Error") is
+a failure. SECURITY ERASE UNIT blocks in hdparm for as long as the drive
+says it takes (``hdparm -I``: "Nmin for SECURITY ERASE UNIT"); it is given
+that time plus hdparm's own margins, and a run past it is ended only once
+hdparm has let go of the drive, whose security is then disabled.
+
+The ATA security password: hdparm takes it only as a command-line argument
+(``--security-set-pass PWD``; there is no file or stdin form), so no secret
+is used at all: the password is hdparm's ``NULL`` (32 zero bytes), set for
+this erase only and cleared by it (or by ``--security-disable`` when the
+erase fails), and the record says so.
 
 Verification: before erasing, a seeded sample of block-sized regions (plus
 the first and last) is hashed; afterwards every sample is read again past
@@ -72,8 +91,15 @@ def choose_method(caps: dict[str, Any]) -> str:
     return OVERWRITE
 
 
-def nist_category(method: str) -> str:
+def nist_category(method: str, caps: dict[str, Any] | None = None) -> str:
+    """Purge only where SP 800-88 grants it: a plain security erase purges a spinning disk."""
+    if method == "ata-secure-erase" and not (caps or {}).get("rotating"):
+        return "clear"
     return "purge" if method in PURGE_METHODS else "clear"
+
+
+class EraseFailed(Exception):
+    """The device's own erase did not complete; the record says ``failed`` with this text."""
 
 
 def ata_caps(hdparm_identify: str) -> dict[str, Any]:
@@ -87,7 +113,17 @@ def ata_caps(hdparm_identify: str) -> dict[str, Any]:
         "security_supported": bool(re.search(r"^\s*supported\s*$", security, re.M)),
         "security_frozen": not re.search(r"^\s*not\s+frozen", security, re.M),
         "enhanced_erase": bool(re.search(r"^\s*supported: enhanced erase", security, re.M)),
+        "rotating": bool(re.search(r"Nominal Media Rotation Rate:\s*\d+", text)),
+        "erase_minutes": _erase_minutes(security),
     }
+
+
+def _erase_minutes(security: str) -> dict[str, int]:
+    """The drive's own estimates, as hdparm prints words 89/90 ("2min for SECURITY ERASE
+    UNIT. 8min for ENHANCED SECURITY ERASE UNIT."); ">508min" is its "more than"."""
+    found = re.finditer(r"(>?)(\d+)min for (ENHANCED )?SECURITY ERASE UNIT", security)
+    return {("enhanced" if m.group(3) else "normal"): int(m.group(2)) + (90 if m.group(1) else 0)
+            for m in found}
 
 
 def nvme_caps(id_ctrl_json: str) -> dict[str, Any]:
@@ -96,8 +132,15 @@ def nvme_caps(id_ctrl_json: str) -> dict[str, Any]:
     return {"transport": "nvme", "sanicap": ctrl.get("sanicap", 0), "fna": ctrl.get("fna", 0)}
 
 
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600).stdout
+POLL_SECONDS = 5.0
+NVME_SANITIZE_DONE = {1, 4}  # completed (4: without deallocation)
+NVME_SANITIZE_IN_PROGRESS = 2
+NVME_SANITIZE_FAILED = 3
+
+
+def _run(*argv: str, timeout: float = 600) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True,
+                          timeout=timeout).stdout
 
 
 def device_caps(device: str) -> dict[str, Any]:
@@ -174,41 +217,125 @@ def overwrite(device: str, size: int, pattern: int = 0) -> int:
     return written
 
 
-def firmware_erase(device: str, method: str) -> None:
-    """The device's own erase; each command blocks or is polled until the device is done."""
-    commands = {
-        "nvme-sanitize-crypto": [["nvme", "sanitize", device, "--sanact=4"]],
-        "nvme-sanitize-block": [["nvme", "sanitize", device, "--sanact=2"]],
-        "nvme-format-crypto": [["nvme", "format", device, "--ses=2", "--force"]],
-        "ata-sanitize-crypto": [["hdparm", "--yes-i-know-what-i-am-doing",
-                                 "--sanitize-crypto-scramble", device]],
-        "ata-sanitize-block": [["hdparm", "--yes-i-know-what-i-am-doing",
-                                "--sanitize-block-erase", device]],
-        "ata-secure-erase-enhanced": _ata_security(device, "--security-erase-enhanced"),
-        "ata-secure-erase": _ata_security(device, "--security-erase"),
-    }[method]
-    for argv in commands:
-        _run(*argv)
+def firmware_erase(device: str, method: str, caps: dict[str, Any]) -> dict[str, Any]:
+    """The device's own erase, waited for until the device says it is done; what ran."""
     if method.startswith("nvme-sanitize"):
-        _wait_nvme_sanitize(device)
+        action = "--sanact=4" if method.endswith("crypto") else "--sanact=2"  # crypto, block
+        _run("nvme", "sanitize", device, action)
+        return {"sanitize_status": _wait_nvme_sanitize(device)}
+    if method == "nvme-format-crypto":
+        _run("nvme", "format", device, "--ses=2", "--force", timeout=24 * 3600)
+        return {}
+    if method.startswith("ata-sanitize"):
+        action = "--sanitize-crypto-scramble" if method.endswith("crypto") else (
+            "--sanitize-block-erase")
+        _run("hdparm", "--yes-i-know-what-i-am-doing", action, device)
+        return {"sanitize_status": _wait_ata_sanitize(device)}
+    return _ata_security_erase(device, method == "ata-secure-erase-enhanced", caps)
 
 
-def _ata_security(device: str, erase: str) -> list[list[str]]:
-    # A temporary user password is required by the ATA security feature set;
-    # it lives only for this erase and is cleared by the erase itself.
-    return [
-        ["hdparm", "--user-master", "u", "--security-set-pass", "purge", device],
-        ["hdparm", "--user-master", "u", erase, "purge", device],
-    ]
+def nvme_sanitize_status(log_json: str) -> int:
+    """The Sanitize Operation Status from nvme-cli's JSON sanitize log.
+
+    nvme-cli (``json_sanitize_log``) writes ``{"<dev>": {"sstat": {"status":
+    "(2) Sanitize in Progress.", "global_erased": 0, ...}, "sprog": ...}}``;
+    older releases wrote ``sstat`` as the raw register, whose low 3 bits
+    are the status.
+    """
+    log = json.loads(log_json)
+    device = next(iter(log.values()), {}) if isinstance(log, dict) else {}
+    sstat = device.get("sstat", {}) if isinstance(device, dict) else {}
+    if isinstance(sstat, int):
+        return sstat & 0x7
+    found = re.match(r"\((\d+)\)", str(sstat.get("status", "")))
+    if not found:
+        raise EraseFailed(f"unreadable sanitize log: {log_json[:200]!r}")
+    return int(found.group(1))
 
 
-def _wait_nvme_sanitize(device: str) -> None:
+def _wait_nvme_sanitize(device: str) -> int:
     while True:
-        log = json.loads(_run("nvme", "sanitize-log", device, "-o", "json"))
-        status = next(iter(log.values())) if log else {}
-        if int(status.get("sstat", 0)) & 0x7 != 2:  # 2: in progress
-            return
-        time.sleep(5)
+        status = nvme_sanitize_status(_run("nvme", "sanitize-log", device, "-o", "json"))
+        if status in NVME_SANITIZE_DONE:
+            return status
+        if status != NVME_SANITIZE_IN_PROGRESS:
+            word = "failed" if status == NVME_SANITIZE_FAILED else "did not run"
+            raise EraseFailed(f"NVMe sanitize {word} (sanitize status {status})")
+        time.sleep(POLL_SECONDS)
+
+
+def ata_sanitize_state(status_text: str) -> str:
+    """``in-progress``, ``done`` or ``failed`` from ``hdparm --sanitize-status``.
+
+    hdparm prints "State: SD2 Sanitize operation In Process" with a progress
+    line while it runs, and "Last Sanitize Operation Completed Without Error"
+    once the last one succeeded; a frozen device (SD1) or an idle one
+    without that line did not sanitize.
+    """
+    if "In Process" in status_text:
+        return "in-progress"
+    if "Completed Without Error" in status_text and "Frozen" not in status_text:
+        return "done"
+    return "failed"
+
+
+def _wait_ata_sanitize(device: str) -> str:
+    while True:
+        try:
+            text = _run("hdparm", "--sanitize-status", device)
+        except subprocess.CalledProcessError as exc:
+            raise EraseFailed(f"ATA sanitize failed: {(exc.stderr or '').strip()[-200:]}") from None
+        state = ata_sanitize_state(text)
+        if state == "done":
+            return "completed without error"
+        if state == "failed":
+            raise EraseFailed(f"ATA sanitize did not complete: {' '.join(text.split())[-200:]}")
+        time.sleep(POLL_SECONDS)
+
+
+def security_erase_timeout(caps: dict[str, Any], enhanced: bool, size: int) -> float:
+    """Longer than hdparm's own limit for the erase, so hdparm always returns first.
+
+    hdparm (``get_erase_timeout_secs``) waits the drive's estimate plus an
+    hour (508+90 minutes for ">508"), or one second per 30 MB plus half an
+    hour, whichever is longer; this adds ten minutes more.
+    """
+    minutes = caps.get("erase_minutes", {}).get("enhanced" if enhanced else "normal", 0)
+    by_size = size / (30 * 1000**2) + 1800
+    return max((minutes + 60) * 60, by_size) + 600
+
+
+def _ata_security_erase(device: str, enhanced: bool, caps: dict[str, Any]) -> dict[str, Any]:
+    _run("hdparm", "--user-master", "u", "--security-set-pass", "NULL", device)
+    erase = "--security-erase-enhanced" if enhanced else "--security-erase"
+    timeout = security_erase_timeout(caps, enhanced, size_of(device))
+    argv = ["hdparm", "--user-master", "u", erase, "NULL", device]
+    try:
+        _run_until_released(argv, timeout)
+    except EraseFailed:
+        _security_disable(device)
+        raise
+    return {"ata_password": "NULL (hdparm takes passwords only as arguments: none is secret)",
+            "erase_timeout_s": round(timeout)}
+
+
+def _run_until_released(argv: list[str], timeout: float) -> None:
+    """Run hdparm; past ``timeout`` it is killed, and waited for until it has let go."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()  # returns only once hdparm has left the drive's ioctl
+        raise EraseFailed(f"security erase still running after {timeout:.0f}s") from None
+    if process.returncode != 0:
+        raise EraseFailed(f"security erase failed: {err.strip()[-200:]}")
+
+
+def _security_disable(device: str) -> None:
+    """Leave no password behind: a drive locked with it would refuse the next boot."""
+    with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        _run("hdparm", "--user-master", "u", "--security-disable", "NULL", device)
 
 
 def erase_device(device: str, samples: int, seed: int, pattern: int = 0) -> dict[str, Any]:
@@ -218,20 +345,26 @@ def erase_device(device: str, samples: int, seed: int, pattern: int = 0) -> dict
     size = size_of(device)
     offsets = sample_offsets(size, samples, seed)
     before = [hashlib.sha256(block).hexdigest() for block in read_samples(device, offsets)]
-    written = 0
-    if method == OVERWRITE:
-        written = overwrite(device, size, pattern)
-    else:
-        firmware_erase(device, method)
+    written, ran, error = 0, {}, ""
+    try:
+        if method == OVERWRITE:
+            written = overwrite(device, size, pattern)
+        else:
+            ran = firmware_erase(device, method, caps)
+    except (EraseFailed, subprocess.CalledProcessError) as exc:
+        error = str(exc) if isinstance(exc, EraseFailed) else f"{exc.cmd[0]} failed"
     after = read_samples(device, offsets)
-    verified = _verify(method, before, after, pattern) and (method != OVERWRITE or written == size)
+    verified = not error and _verify(method, before, after, pattern) and (
+        method != OVERWRITE or written == size)
     return {
         "device": device,
         "kernel_name": os.path.realpath(device),
         **identity(device),
         "capabilities": caps,
         "method": method,
-        "nist_category": nist_category(method),
+        **ran,
+        **({"error": error} if error else {}),
+        "nist_category": nist_category(method, caps),
         "passes": 1,
         "pattern": f"0x{pattern:02x}" if method == OVERWRITE else None,
         "bytes": size,

@@ -99,7 +99,8 @@ def test_ata_gets_its_strongest_method(hdparm: str, method: str) -> None:
 
 def test_only_firmware_methods_count_as_purge_and_overwrite_as_clear() -> None:
     assert disk_erase.nist_category("overwrite") == "clear"
-    assert {disk_erase.nist_category(m) for m in disk_erase.PURGE_METHODS} == {"purge"}
+    spinning = {"rotating": True}
+    assert {disk_erase.nist_category(m, spinning) for m in disk_erase.PURGE_METHODS} == {"purge"}
 
 
 def test_an_overwrite_of_a_real_file_is_verified_from_the_medium(tmp_path: Path) -> None:

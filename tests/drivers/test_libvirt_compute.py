@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from drivers.base import (
     Unsupported,
     load_compute,
 )
-from drivers.libvirt_compute import LibvirtCompute, _translated
+from drivers.libvirt_compute import LibvirtCompute, _translated, _wipe_method
 
 SERVICE_NS = "https://provisioning-orchestrator.invalid/service/1"
 NETWORK_NS = "https://provisioning-orchestrator.invalid/network/1"
@@ -251,6 +252,14 @@ def test_the_domain_is_built_from_the_spec_and_carries_the_service_id(
     assert service == f"<service>{ref.service_id}</service>"
 
 
+def test_the_domain_has_acpi_so_a_graceful_shutdown_can_reach_the_guest(
+    driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
+) -> None:
+    driver.create(ref, MachineSpec())
+    xml = virt.lookupByName(ref.name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert re.search(r"<features>\s*<acpi/>", xml)
+
+
 def test_create_starts_a_machine_that_is_defined_but_off(
     driver: LibvirtCompute, virt: libvirt.virConnect, ref: ServiceRef
 ) -> None:
@@ -351,3 +360,33 @@ def test_capabilities_declare_exactly_what_works(driver: LibvirtCompute) -> None
     assert Capability.BIND_ADDRESSES not in driver.capabilities
     raw_on_qemu = LibvirtCompute("qemu:///system", pool="p")
     assert Capability.SNAPSHOT not in raw_on_qemu.capabilities  # raw volumes hold no snapshots
+
+
+@pytest.mark.parametrize(
+    ("allocated_after", "method"), [(0, "deallocate"), (4096, "overwrite:zero")]
+)
+def test_a_wipe_is_named_by_what_it_left_allocated(allocated_after: int, method: str) -> None:
+    assert _wipe_method(allocated_after) == method
+
+
+class _PoweringOff:
+    """A guest that finishes its own ACPI power-off just as the timeout ends."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def shutdown(self) -> None:
+        pass
+
+    def isActive(self) -> bool:
+        self.checks += 1
+        return self.checks <= 3  # not stopped, still running at the deadline, at the check
+
+    def destroy(self) -> None:
+        raise libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID,
+                            "Requested operation is not valid: domain is not running")
+
+
+def test_a_guest_that_powers_off_as_the_timeout_ends_is_off_not_an_error() -> None:
+    driver = LibvirtCompute("test:///default", shutdown_timeout=0)
+    assert driver._shut_down(_PoweringOff()) is True

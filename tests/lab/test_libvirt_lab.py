@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -16,10 +17,11 @@ import time
 import uuid
 from pathlib import Path
 
+import libvirt
 import pytest
 from sqlalchemy import select
 
-from drivers.base import ServiceRef
+from drivers.base import MachineSpec, Power, ServiceRef, load_compute
 from orchestrator import ipam
 from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory
@@ -113,16 +115,53 @@ def test_after_a_purge_the_raw_volume_holds_none_of_the_guests_data(
     volume = LAB_DIR / "pool" / f"svc-{sid}.qcow2"
     with volume.open("rb") as raw:  # the same bytes on disk, whatever the purge does to the name
         assert f"LABDATA:svc-{sid}".encode() in raw.read()
+        assert os.fstat(raw.fileno()).st_blocks > 0
         orch.apply(wib(2026, 12, 16, 0, 1))
         raw.seek(0)
         left = raw.read()
+        blocks_left = os.fstat(raw.fileno()).st_blocks
     assert f"LABDATA:svc-{sid}".encode() not in left and not any(left)
     assert not volume.exists()
     with orch.sessions() as session:
         purge = session.scalars(select(StepRow).where(StepRow.kind == "purge")).one()
     record = json.loads(purge.result or "{}")
-    assert purge.state == "done" and record["method"] == "wipe:zero"
+    # libvirt handed the file's blocks back to the filesystem without writing them:
+    # the evidence names that, and the host's inode agrees (no block left allocated).
+    assert purge.state == "done" and record["method"] == "deallocate" and blocks_left == 0
+    assert record["allocated_before"] > 0 and record["allocated_after"] == 0
     assert record["samples"] == 16 and record["nonzero_samples"] == 0 and record["verified_absent"]
+
+
+def wait_for_console(service: str, line: str, seconds: float = 180) -> None:
+    """The guest's serial console (a file on the host) shows ``line``."""
+    console = LAB_DIR / "console" / f"svc-{service}.log"
+    deadline = time.monotonic() + seconds
+    while not (console.exists() and line in console.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"svc-{service} never printed {line}"
+        time.sleep(0.5)
+
+
+def test_a_shutdown_suspension_is_a_graceful_guest_power_off(
+    lab: str, lab_inventory: Inventory
+) -> None:
+    """ACPI in the domain and a guest that honours its power button: libvirt records
+    the guest's own shutdown, not a destroy after the timeout."""
+    host = lab_inventory.hosts()["kvm-jkt-1"]
+    options = {**host.options, "shutdown_timeout": 300.0}
+    driver = load_compute(host.driver, uri=host.uri, **options)
+    sid = f"g{uuid.uuid4().hex[:7]}"
+    ref = ServiceRef(sid, "kvm-jkt-1")
+    driver.create(ref, MachineSpec())
+    wait_for_console(sid, "LAB-GUEST-UP")
+    outcome = driver.suspend(ref, "shutdown")
+    assert outcome.observed.power == Power.OFF
+    connection = libvirt.open("qemu:///system")
+    try:
+        state, reason = connection.lookupByName(f"svc-{sid}").state()
+    finally:
+        connection.close()
+    assert (state, reason) == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    wait_for_console(sid, "LAB-GUEST-POWER-BUTTON", seconds=0)
 
 
 def _restart_libvirtd() -> None:

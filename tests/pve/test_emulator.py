@@ -10,6 +10,7 @@ the behaviours drivers depend on (locks, failed tasks, prune marks).
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from lab.pve.schema import (
     check_returns,
     perl_number,
 )
-from orchestrator.prune import KeepRules, prune
+from tests.conftest import REPO
 
 SCHEMA = Schema.load()
 RAW = json.loads(SUBSET.read_text())["endpoints"]
@@ -298,6 +299,8 @@ class Api:
 def test_every_endpoint_answers_in_its_documented_shape(pve: PveLab) -> None:
     api = Api(pve)
     api("GET", "/version")
+    assert api("GET", "/cluster/firewall/options")["enable"] == 1
+    api("PUT", "/cluster/firewall/options", enable=1, policy_in="DROP")
     assert [n["node"] for n in api("GET", "/nodes")] == ["pve1", "pve2", "pve3"]
     api("GET", "/nodes/pve2/status")
     for kind in ("vm", "node", "storage"):
@@ -438,28 +441,63 @@ def test_pve_refusals_match_pve(pve: PveLab, guest: int) -> None:
     assert (stopped.status_code, stopped.reason) == (500, f"VM {guest} not running")
 
 
-def test_prune_marks_equal_the_orchestrators_rules(pve: PveLab, guest: int) -> None:
+def test_clones_across_nodes_need_shared_storage_on_both_ends(pve: PveLab) -> None:
+    """``clone_vm``: the source's disks and the target storage must both be shared."""
     api = Api(pve)
-    start = datetime(2026, 10, 1, 1, 0, tzinfo=UTC)
-    hours = (0, 5, 24, 30, 49, 24 * 8, 24 * 9, 24 * 15, 24 * 40, 24 * 70, 24 * 400)
-    for offset in hours:
-        pve.set_clock(start + timedelta(hours=offset))
+    onto_local = send(pve, "POST", "/nodes/pve3/qemu/9001/clone",
+                      {"newid": "992", "target": "pve1", "full": "1", "storage": "local-lvm"})
+    assert (onto_local.status_code, onto_local.reason) == (
+        500, "can't clone to non-shared storage 'local-lvm'")
+    from_local = send(pve, "POST", "/nodes/pve1/qemu/9000/clone",
+                      {"newid": "993", "target": "pve2", "full": "1", "storage": "ceph-vm"})
+    assert (from_local.status_code, from_local.reason) == (
+        500, "can't clone VM to node 'pve2' (VM uses local storage)")
+    api.ok("POST", "/nodes/pve3/qemu/9001/clone", newid=994, target="pve1", full=1,
+           storage="ceph-vm", name="shared-clone")
+    (disk,) = [c for c in api("GET", "/nodes/pve2/storage/ceph-vm/content", vmid=994)]
+    assert disk["volid"] == "ceph-vm:vm-994-disk-0"  # a shared storage: every node sees it
+    assert api("GET", "/nodes/pve2/storage/local-lvm/content", vmid=994) == []
+    api.ok("DELETE", "/nodes/pve1/qemu/994", purge=1)
+
+
+# Worked by hand from PVE::Storage::prune_mark_backup_group (pve-storage 9.1.7): newest
+# first, keep-last 2, then two new days, then two new ISO weeks (a second backup of a
+# week just kept is marked remove at once), monthly and yearly find nothing left;
+# a protected backup is marked before and counts for no rule.
+PVE_MARKS = {0: "remove", 5: "remove", 24: "remove", 30: "protected", 49: "keep",
+             24 * 8: "remove", 24 * 9: "keep", 24 * 15: "keep", 24 * 40: "keep",
+             24 * 70: "keep", 24 * 400: "keep"}
+
+
+def test_prune_marks_follow_pves_own_rules(pve: PveLab, guest: int) -> None:
+    api = Api(pve)
+    start = datetime(2026, 10, 1, 1, 0, tzinfo=UTC)  # a Thursday, ISO week 40
+    by_name = {}
+    for offset, mark in PVE_MARKS.items():
+        when = start + timedelta(hours=offset)
+        pve.set_clock(when)
         api.ok("POST", "/nodes/pve1/vzdump", vmid=str(guest), storage="local",
-               protected=1 if offset == 30 else 0)
+               protected=1 if mark == "protected" else 0)
+        by_name[when.strftime("%Y_%m_%d-%H_%M_%S")] = mark
     backups = api("GET", "/nodes/pve1/storage/local/content", content="backup", vmid=guest)
-    assert len(backups) == len(hours)
+    expected = {b["volid"]: by_name[b["volid"].split("-", 3)[3].split(".")[0]] for b in backups}
+    assert len(expected) == len(PVE_MARKS)
     rules = "keep-last=2,keep-daily=2,keep-weekly=2,keep-monthly=1,keep-yearly=1"
-    expected = {d.backup_id: d.mark for d in prune(
-        [(b["volid"], datetime.fromtimestamp(b["ctime"], UTC), bool(b["protected"]))
-         for b in backups], KeepRules.parse(rules))}
     marks = api("GET", "/nodes/pve1/storage/local/prunebackups", vmid=guest,
                 **{"prune-backups": rules})
     assert {m["volid"]: m["mark"] for m in marks} == expected
-    assert set(expected.values()) == {"keep", "remove", "protected"}
     api.ok("DELETE", "/nodes/pve1/storage/local/prunebackups", vmid=guest,
            **{"prune-backups": rules})
     left = api("GET", "/nodes/pve1/storage/local/content", content="backup", vmid=guest)
     assert {b["volid"] for b in left} == {k for k, m in expected.items() if m != "remove"}
+
+
+def test_the_emulator_imports_nothing_of_the_code_it_judges() -> None:
+    for path in sorted((REPO / "lab").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.split(".")[0] in ("orchestrator", "drivers")], path
 
 
 def test_a_forced_restore_over_a_vm_refuses_a_running_one_and_replaces_the_disks(

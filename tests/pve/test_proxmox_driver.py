@@ -214,6 +214,67 @@ def test_a_failed_task_is_reported_with_its_log(pve: PveLab, driver: ProxmoxComp
     assert backups_anywhere(pve, ref.name) == []
 
 
+def test_the_end_of_a_long_task_log_is_read(pve: PveLab, driver: ProxmoxCompute) -> None:
+    """A log longer than a page still ends in its TASK ERROR, and that is what is reported."""
+    ref = ServiceRef(f"f{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, _small())
+    progress = [f"INFO: {n}% ({n} MiB of 1.0 GiB)" for n in range(1200)]
+    pve.fail_next("vzdump", "job errors", [*progress, "ERROR: no space left on device"])
+    with pytest.raises(TaskFailed) as failure:
+        driver.backup(ref)
+    assert failure.value.log[-2:] == ["ERROR: no space left on device", "TASK ERROR: job errors"]
+
+
+def test_a_clone_leaves_its_templates_node_only_onto_shared_storage(
+    pve: PveLab, secret_file: Path
+) -> None:
+    """PVE refuses a clone onto another node's non-shared storage: such a driver
+    places on the template's node; one whose storage is shared may go anywhere."""
+    uri = f"https://{pve.host}:{pve.port}"
+    local = ProxmoxCompute(uri, **driver_options(pve, secret_file, template="debian-12-shared"))
+    shared = ProxmoxCompute(uri, **driver_options(
+        pve, secret_file, template="debian-12-shared", storage="ceph-vm"))
+    placed = {}
+    for name, driver_ in (("local", local), ("shared", shared)):
+        ref = ServiceRef(f"c{uuid.uuid4().hex[:7]}", HOST)
+        driver_.create(ref, _small())
+        vm = vm_named(pve, ref.name)
+        assert vm is not None
+        config = pve.client().nodes(vm["node"]).qemu(vm["vmid"]).config.get()
+        placed[name] = (vm["node"], str(config["scsi0"]).split(":")[0])
+    assert placed == {"local": ("pve3", "local-lvm"), "shared": ("pve1", "ceph-vm")}
+
+
+def _datacenter_firewall(pve: PveLab, enable: int) -> None:
+    pve.client().cluster.firewall.options.put(enable=enable)
+
+
+def test_addresses_are_bound_only_where_the_firewall_filters(
+    pve: PveLab, driver: ProxmoxCompute
+) -> None:
+    """net0 gets firewall=1; with the datacenter firewall off, nothing is bound, and a
+    binding is refused before it changes anything."""
+    ref = ServiceRef(f"b{uuid.uuid4().hex[:7]}", HOST)
+    driver.create(ref, MachineSpec(1, 512, 2, addresses=("192.0.2.20",)))
+    vm = vm_named(pve, ref.name)
+    assert vm is not None
+    api = pve.client().nodes(vm["node"]).qemu(vm["vmid"])
+    assert "firewall=1" in api.config.get()["net0"].split(",")
+    assert driver.inspect(ref).addresses == ("192.0.2.20",)
+    _datacenter_firewall(pve, 0)
+    try:
+        assert driver.inspect(ref).addresses == ()
+        before = api.config.get()["digest"], ipset(pve, ref.service_id)
+        with pytest.raises(PermanentError, match="datacenter firewall is disabled"):
+            driver.bind_addresses(ref, ("192.0.2.21",))
+        assert (api.config.get()["digest"], ipset(pve, ref.service_id)) == before
+    finally:
+        _datacenter_firewall(pve, 1)
+    api.config.put(net0=api.config.get()["net0"].replace(",firewall=1", ""))
+    assert driver.inspect(ref).addresses == ()
+    assert driver.bind_addresses(ref, ("192.0.2.20",)).observed.addresses == ("192.0.2.20",)
+
+
 def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
     pve: PveLab, driver: ProxmoxCompute, calls: list[tuple[str, str]]
 ) -> None:

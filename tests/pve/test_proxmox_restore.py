@@ -165,6 +165,29 @@ def test_a_backup_that_does_not_restore_or_start_fails_verification(
     assert status_of(pve, ref.name) == "running"
 
 
+def test_restore_and_verify_ask_for_another_vmid_when_theirs_was_taken(
+    pve: PveLab, driver: ProxmoxCompute, ref: ServiceRef  # noqa: F811
+) -> None:
+    """/cluster/nextid only proposes: a lost race is asked again, as a clone does."""
+    backup = three_backups(pve, driver, ref)[0]
+    pve.lose_nextid_races(1)
+    evidence = driver.verify_backup(ref, backup).evidence
+    assert evidence["verified"] is True and evidence["scratch_removed"] is True, evidence
+    racer = evidence["vmid"] - 1
+    assert (racer, f"racer-{racer}") in all_vms(pve)  # the other client's VM is untouched
+    vm = vm_named(pve, ref.name)
+    assert vm is not None
+    api = pve.client().nodes(vm["node"]).qemu(vm["vmid"])
+    api.status.stop.post()
+    _wait_stopped(pve, ref.name)
+    api.delete(purge=1)
+    _wait_gone(pve, ref.name)
+    pve.lose_nextid_races(1)
+    outcome = driver.restore_backup(ref, SMALL, backup)
+    taken = [vmid for vmid, name in all_vms(pve) if name.startswith("racer-")]
+    assert outcome.evidence["vmid"] not in taken and status_of(pve, ref.name) == "running"
+
+
 def _wait_stopped(pve: PveLab, name: str) -> None:
     _until(lambda: status_of(pve, name) == "stopped", f"{name} did not stop")
 
