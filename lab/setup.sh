@@ -11,6 +11,8 @@ source lab/apt.sh
 install_missing libvirt-dev libvirt-clients pkg-config python3-venv gcc
 # The network lab (lab/net.sh): a router namespace's sshd, its filter, ping to judge by.
 install_missing openssh-server openssh-client iproute2 nftables iputils-ping
+# The rescue system of the disk-erase lab (lab/build-rescue.sh) carries these tools.
+install_missing nvme-cli hdparm
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

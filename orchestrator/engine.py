@@ -399,20 +399,26 @@ class Orchestrator:
     def apply(self, now: datetime, yes: bool = False, actor: str = "scheduler") -> ApplyReport:
         """Reconcile every due service against its real state, then run the journal."""
         report = ApplyReport()
+        reconciled: dict[str, int] = {}
         with self.sessions() as session:
             due = self.due(now, session)
         for service_id in due:
-            report.planned += self._journal_service(service_id, now, report, actor)
+            report.planned += self._journal_service(service_id, now, report, reconciled, actor)
         runnable = self._admit(now, yes)
         report.steps = self._executor(now, yes).run(runnable, now)
         for service_id in dict.fromkeys([*due, *(s.service_id for s in runnable)]):
-            self._settle(service_id, now)
+            self._settle(service_id, now, reconciled.get(service_id))
         with self.sessions.begin() as session:
             session.merge(MetaRow(key="last_tick", value=now.isoformat()))
         return report
 
     def _journal_service(
-        self, service_id: str, now: datetime, report: ApplyReport, actor: str = "scheduler"
+        self,
+        service_id: str,
+        now: datetime,
+        report: ApplyReport,
+        reconciled: dict[str, int],
+        actor: str = "scheduler",
     ) -> int:
         facts = self.facts(service_id)
         try:
@@ -426,7 +432,8 @@ class Orchestrator:
             if rows:
                 detail = {"steps": [r.kind for r in rows], "phase": verdict.phase.value}
                 audit.append(session, now, actor, "steps.journaled", service_id, detail)
-            return len(rows)
+        reconciled[service_id] = facts.revision
+        return len(rows)
 
     def _steps_for(
         self, session: Session, facts: Facts, observed: Observed, now: datetime
@@ -590,14 +597,23 @@ class Orchestrator:
             self.uplink(facts.host),
         )
 
-    def _settle(self, service_id: str, now: datetime) -> None:
-        """Record the phase as applied once no step is open; otherwise look again later."""
+    def _settle(self, service_id: str, now: datetime, reconciled: int | None) -> None:
+        """Record the phase as applied once no step is open; otherwise look again later.
+
+        Only facts this tick reconciled are settled: an event that landed while
+        the tick ran (another revision) leaves the service due, so its steps
+        are planned at the next tick instead of being marked applied unseen.
+        The row is locked, so an ingest waits for this or this for it.
+        """
         with self.sessions.begin() as session:
-            row = session.get(ServiceRow, service_id)
+            row = session.get(ServiceRow, service_id, with_for_update=True)
             if row is None:
                 return
-            verdict = self._record(session, row, self.facts(service_id, session), now)
-            if journal.open_steps(session, service_id) == 0:
+            facts = self.facts(service_id, session)
+            verdict = self._record(session, row, facts, now)
+            if facts.revision != reconciled:
+                row.next_at = now
+            elif journal.open_steps(session, service_id) == 0:
                 row.applied_phase, row.next_at = verdict.phase.value, verdict.next_at
             else:
                 row.next_at = _earliest(verdict.next_at, now + self.settings.executor.retry_later)
