@@ -24,7 +24,9 @@ from orchestrator.events import parse_events
 from orchestrator.inventory import load_inventory
 from orchestrator.policy import Policy
 from orchestrator.store.models import AuditRow, NotificationRow, StepRow
-from tests.fencing.witness import WitnessCompute, calls
+from tests.fencing.witness import WitnessCompute, calls, register
+
+register()  # the inventory refuses a driver the registry does not know
 
 INVENTORY = """
 all:
