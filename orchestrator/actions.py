@@ -276,7 +276,8 @@ def _route(context: Context, ref: ServiceRef) -> dict[str, Any] | None:
 
 def _notice(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
     params = json.loads(step.params)
-    return {"changed": True, "detail": f"notice due: {params.get('why', '')}"}
+    detail = f"notice due: {params.get('why', '')}"
+    return {"changed": True, "detail": detail, "for": params.get("at"), "note": params.get("note")}
 
 
 def _hand_over(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from orchestrator.days import add_offset, start_of_day
-from orchestrator.facts import Facts, Hold
+from orchestrator.facts import Episode, Facts, Hold
 from orchestrator.policy import (
     DESTRUCTIVE_STEPS,
     REVIEW_HOLD,
@@ -182,6 +182,13 @@ def _pending(facts: Facts, product: Product, now: datetime) -> Verdict:
         at=now,
         attention=(),
     )
+
+
+def _provisioned_episodes(facts: Facts, product: Product) -> list[Episode]:
+    """Nonpayment before an order was first paid ran no ladder: nothing existed to act on."""
+    if product.activation is None or not facts.awaiting_payment or facts.first_paid_at is None:
+        return list(facts.episodes)
+    return [e for e in facts.episodes if e.cleared_at > facts.first_paid_at]
 
 
 def _reprovision(facts: Facts, product: Product, now: datetime) -> bool:
@@ -492,7 +499,7 @@ def _worse(a: Phase, b: Phase) -> Phase:
 
 def _gone(facts: Facts, policy: Policy, product: Product) -> Phase | None:
     """A past episode that reached purge or hand-over before payment ended it for good."""
-    for episode in facts.episodes:
+    for episode in _provisioned_episodes(facts, product):
         anchor_at = start_of_day(episode.anchor_day, policy.zone)
         for ladder in product.ladders:
             if ladder.anchor != Anchor.OLDEST_UNPAID_DUE:
@@ -523,7 +530,7 @@ def _next_at(
 
 def _undo(facts: Facts, policy: Policy, product: Product, now: datetime) -> tuple[str, ...]:
     """What the last payment turned back, for ``explain``."""
-    past = [e for e in facts.episodes if e.cleared_at <= now]
+    past = [e for e in _provisioned_episodes(facts, product) if e.cleared_at <= now]
     if not past:
         return ()
     episode = past[-1]

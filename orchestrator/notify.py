@@ -29,6 +29,9 @@ PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 MAX_ATTEMPTS = 10
 # What the billing system hears of, by the step that did it.
 KINDS = {
+    # Billing sends the customer's e-mail: an invoice reminder, a low deposit, a notice
+    # before termination; the detail says which clause and, for a threshold, which one.
+    "notice": "service.notice",
     "suspend": "service.suspended",
     "resume": "service.unsuspended",
     "reclaim_ips": "ip.reclaimed",

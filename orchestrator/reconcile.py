@@ -181,7 +181,7 @@ def _notices(service_id: str, verdict: Verdict) -> list[StepSpec]:
             Action.NOTICE,
             f"{service_id}:notice:{e.at.isoformat()}",
             True,
-            {"at": e.at.isoformat()},
+            {"at": e.at.isoformat(), **({"note": e.note} if e.note else {})},
             e.clause,
         )
         for e in latest

@@ -3,80 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-import httpx
 import pytest
-import uvicorn
-from sqlalchemy import func, select
 
-from orchestrator.api import create_app
-from orchestrator.engine import Orchestrator
 from orchestrator.signing import signed_headers
-from orchestrator.store.models import EventRow
-from tests.conftest import REPO, created, invoice, paid, wib
-
-OLD, NEW = b"rotating-out-secret", b"rotating-in-secret"
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Served:
-    client: httpx.Client
-    clock: Clock
-    orchestrator: Orchestrator
-
-    def post(
-        self,
-        path: str,
-        payload: object,
-        secret: bytes = NEW,
-        skew: int = 0,
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        request_id: str | None = None,
-    ) -> httpx.Response:
-        raw = json.dumps(payload).encode()
-        stamp = int(self.clock.now.timestamp()) + skew
-        sent = {
-            **signed_headers(secret, "POST", path, stamp, raw, request_id),
-            "Content-Type": "application/json",
-            **(headers or {}),
-        }
-        return self.client.post(path, content=body if body is not None else raw, headers=sent)
-
-    def events(self) -> int:
-        with self.orchestrator.sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(EventRow)) or 0)
-
-
-@pytest.fixture
-def served(orchestrator: Orchestrator) -> Iterator[Served]:
-    clock = Clock(wib(2026, 11, 20, 10))
-    config = uvicorn.Config(
-        create_app(orchestrator, [OLD, NEW], clock), host="127.0.0.1", port=0, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield Served(client, clock, orchestrator)
-    server.should_exit = True
-    thread.join()
+from tests.conftest import NEW, OLD, REPO, Served, created, invoice, paid, wib
 
 
 def test_a_signed_event_is_taken_and_a_replayed_id_ignored(served: Served) -> None:
