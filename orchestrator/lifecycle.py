@@ -267,21 +267,28 @@ def _relative_notices(ladder: Ladder, entries: list[Entry], policy: Policy) -> l
         target = next((e for e in entries if e.step == step.relative_to), None)
         if step.relative_to is None or target is None or target.blocked_by is not None:
             continue
-        at = add_offset(target.at, step.after, work)
-        planned = add_offset(target.planned_at or target.at, step.after, work)
-        found.append(
-            Entry(
-                at=at,
-                step=StepKind.NOTICE,
-                phase=Phase.GRACE,
-                anchor=ladder.anchor,
-                clause=step.clause,
-                planned_at=planned,
-                delayed_by=target.delayed_by,
-                note=step.note or f"{step.after} from {target.step}",
-            )
+        notice = _notice(
+            add_offset(target.at, step.after, work),
+            ladder.anchor,
+            step.clause,
+            step.note or f"{step.after} from {target.step}",
         )
+        planned = add_offset(target.planned_at or target.at, step.after, work)
+        found.append(replace(notice, planned_at=planned, delayed_by=target.delayed_by))
     return found
+
+
+def _notice(at: datetime, anchor: Anchor, clause: str, note: str) -> Entry:
+    """A notice that does not sit at an offset of its own (billing sends it)."""
+    return Entry(
+        at=at,
+        step=StepKind.NOTICE,
+        phase=Phase.GRACE,
+        anchor=anchor,
+        clause=clause,
+        planned_at=at,
+        note=note,
+    )
 
 
 def _deposit_reminders(facts: Facts, product: Product) -> list[Entry]:
@@ -298,17 +305,8 @@ def _deposit_reminders(facts: Facts, product: Product) -> list[Entry]:
             )
             since = (since or reading.at) if low else None
         if since is not None:
-            found.append(
-                Entry(
-                    at=since,
-                    step=StepKind.NOTICE,
-                    phase=Phase.GRACE,
-                    anchor=Anchor.DEPOSIT_EXHAUSTED,
-                    clause=product.deposit.clause,
-                    planned_at=since,
-                    note=f"deposit at or below {percent}% of the monthly bill",
-                )
-            )
+            words = f"deposit at or below {percent}% of the monthly bill"
+            found.append(_notice(since, Anchor.DEPOSIT_EXHAUSTED, product.deposit.clause, words))
     return found
 
 

@@ -49,13 +49,19 @@ def test_a_plain_install_delivers_a_notification(
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "-q", str(REPO)]
     subprocess.run(pip, check=True, capture_output=True, timeout=1200)
-    config = {
+    # What ``orchestrator run`` keeps in the process (the URLs) and what its job carries.
+    settings = {
         "db": sqlite_engine.url.render_as_string(hide_password=False),
-        "policies": str(REPO / "inventory" / "policies"),
-        "inventory": str(REPO / "inventory" / "lab.yaml"),
         "billing_url": billing,
     }
-    script = f"from orchestrator.daemon import notify_billing; notify_billing({config!r})"
+    config = {
+        "policies": str(REPO / "inventory" / "policies"),
+        "inventory": str(REPO / "inventory" / "lab.yaml"),
+    }
+    script = (
+        "from orchestrator import daemon; "
+        f"daemon._process_settings.update({settings!r}); daemon.notify_billing({config!r})"
+    )
     subprocess.run(
         [str(venv / "bin" / "python"), "-c", script],
         cwd=tmp_path,  # the installed package, not the checkout
