@@ -120,8 +120,9 @@ def test_steps_list_show_cancel_and_retry(cli, tmp_path: Path) -> None:  # type:
 
 def test_notifications_list_and_replay(cli) -> None:  # type: ignore[no-untyped-def]
     cli("apply", "--at", "2026-11-21")
-    (queued,) = json.loads(cli("notifications", "list", "--json"))
+    queued, reminder = json.loads(cli("notifications", "list", "--json"))
     assert queued["kind"] == "ip.assigned" and queued["state"] == "pending"
+    assert reminder["kind"] == "service.notice"  # the invoice, 14 days before it falls due
     assert "not a dead letter" in cli("notifications", "replay", str(queued["id"]), code=2)
     assert json.loads(cli("notifications", "list", "--state", "dead", "--json")) == []
 
