@@ -445,10 +445,16 @@ class JsonFormatter(logging.Formatter):
         return redact_text(json.dumps(redact(entry), default=str))
 
 
+class TerminalFormatter(logging.Formatter):
+    """Plain lines for a person at a terminal, through the same redactor as the JSON ones."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if not sys.stderr.isatty():
-        handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TerminalFormatter() if sys.stderr.isatty() else JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a skipped tick is normal under load

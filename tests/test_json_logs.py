@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from drivers.base import (
     Power,
     ServiceRef,
 )
-from orchestrator.daemon import JsonFormatter, _log_failure
+from orchestrator.daemon import JsonFormatter, TerminalFormatter, _log_failure
 from orchestrator.engine import Orchestrator
 from orchestrator.inventory import Inventory
 from orchestrator.policy import Policy
@@ -97,3 +98,16 @@ def test_a_failed_job_logs_the_schedulers_traceback(json_lines: io.StringIO) -> 
     assert logged["event"] == "job failed" and logged["job"] == "reconcile-tick"
     assert "ValueError: tick went wrong" in logged["traceback"]
     assert "test_a_failed_job_logs_the_schedulers_traceback" in logged["traceback"]
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TerminalFormatter()], ids=["json", "tty"])
+def test_both_log_formats_redact_what_a_driver_echoed(formatter: logging.Formatter) -> None:
+    leaked = "Authorization: PVEAPIToken=root@pam!orch=9f0e1d2c-3b4a-5968-7788-99aabbccddee"
+    record = logging.LogRecord("orchestrator", logging.ERROR, __file__, 1, leaked, None, None)
+    try:
+        raise RuntimeError(f"driver said: {leaked}")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    line = formatter.format(record)
+    assert "9f0e1d2c-3b4a-5968-7788-99aabbccddee" not in line
+    assert "RuntimeError" in line
