@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time as clock
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -324,7 +325,7 @@ class Orchestrator:
             if item not in before:
                 notify.queue(
                     session,
-                    f"orchestrator-{row.id}-attention-{facts.revision}-{len(before)}",
+                    f"orchestrator-{row.id}-attention-{uuid.uuid4().hex}",
                     row.id,
                     "service.needs_attention",
                     now,

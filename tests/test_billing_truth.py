@@ -138,6 +138,22 @@ def test_cli_a_discarded_payment_lets_the_ladder_go_on(cli: Cli, tmp_path: Path,
     assert "no payment" in cli("events", "match", review["event"], "inv-1", code=2)
 
 
+def test_a_second_stray_payment_after_a_discard_is_held_for_review_again(
+    cli: Cli, tmp_path: Path, sid: str
+) -> None:
+    """The same attention twice on unchanged facts: billing is told each time, nothing clashes."""
+    _send(cli, tmp_path, _unpaid(sid), "2026-11-18")
+    _send(cli, tmp_path, [_stray_payment(sid)], "2026-12-02", code=2)
+    (first,) = json.loads(cli("events", "unmatched", "--json"))
+    cli("events", "discard", first["event"], "--reason", "billing's test payment")
+    again = paid(sid, "2026-12-03T09:00:00+07:00", invoice_id="INV-TYPO-2")
+    assert "unmatched payment" in _send(cli, tmp_path, [again], "2026-12-03", code=2)
+    (second,) = json.loads(cli("events", "unmatched", "--json"))
+    assert second["invoice"] == "INV-TYPO-2"
+    told = json.loads(cli("notifications", "list", "--json"))
+    assert [n["kind"] for n in told].count("service.needs_attention") == 2
+
+
 def test_an_unmatched_payment_matches_by_itself_when_its_invoice_arrives(
     orchestrator: Orchestrator, sid: str
 ) -> None:
