@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.backup_schedule import (  # noqa: E402
+from orchestrator.core.backup_schedule import (  # noqa: E402
     BackupJob,
     Limits,
     Plan,

@@ -28,13 +28,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.signing import signed_headers  # noqa: E402
+from orchestrator.secrets.signing import signed_headers  # noqa: E402
 
 SECRET = b"bench-secret"
 BASELINE = """
 import sys, uvicorn
 from fastapi import FastAPI, Request
-from orchestrator.events import parse_events
+from orchestrator.core.events import parse_events
 app = FastAPI()
 @app.post("/v1/events", status_code=202)
 async def events(request: Request):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from drivers.base import Power, TemporaryError  # noqa: E402
 from drivers.ipmi import Bmc, IpmiPower  # noqa: E402
-from orchestrator.credentials import resolve  # noqa: E402
+from orchestrator.secrets.credentials import resolve  # noqa: E402
 
 PASSWORD_FILE = Path("/var/lib/orchestrator-lab/secrets/bmc-password")
 

@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from drivers.base import ServiceRef  # noqa: E402
+from orchestrator.core.events import parse_events  # noqa: E402
+from orchestrator.core.inventory import load_inventory  # noqa: E402
+from orchestrator.core.policy import load_policies  # noqa: E402
 from orchestrator.engine import Orchestrator  # noqa: E402
-from orchestrator.events import parse_events  # noqa: E402
-from orchestrator.inventory import load_inventory  # noqa: E402
-from orchestrator.policy import load_policies  # noqa: E402
-from orchestrator.store.db import migrate, open_engine  # noqa: E402
+from orchestrator.state.db import migrate, open_engine  # noqa: E402
 
 WIB = ZoneInfo("Asia/Jakarta")
 LAB = Path("/var/lib/orchestrator-lab")

@@ -31,12 +31,12 @@ from sqlalchemy import insert, select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from orchestrator.core.facts import Facts  # noqa: E402
+from orchestrator.core.inventory import load_inventory  # noqa: E402
+from orchestrator.core.policy import load_policies  # noqa: E402
 from orchestrator.engine import Orchestrator  # noqa: E402
-from orchestrator.facts import Facts  # noqa: E402
-from orchestrator.inventory import load_inventory  # noqa: E402
-from orchestrator.policy import load_policies  # noqa: E402
-from orchestrator.store.db import migrate, open_engine  # noqa: E402
-from orchestrator.store.models import AddressRow, ServiceRow  # noqa: E402
+from orchestrator.state.db import migrate, open_engine  # noqa: E402
+from orchestrator.state.models import AddressRow, ServiceRow  # noqa: E402
 
 WIB = ZoneInfo("Asia/Jakarta")
 TICK = datetime(2026, 12, 10, 0, 1, tzinfo=WIB)

@@ -27,7 +27,7 @@ import ansible_runner
 
 from drivers.base import Observed, Outcome, PermanentError, Power, RunnerDriver, TemporaryError
 from drivers.ssh import SshTarget
-from orchestrator.redact import redact, redact_text
+from orchestrator.secrets.redact import redact, redact_text
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 

@@ -40,7 +40,7 @@ from drivers.base import (
 )
 from drivers.ipmi import Bmc, BootDevice, IpmiPower
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.credentials import resolve
+from orchestrator.secrets.credentials import resolve
 
 NETWORK_BOOT = frozenset({"pxe"})
 

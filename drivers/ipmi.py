@@ -62,8 +62,8 @@ from drivers.base import (
     PowerDriver,
     TemporaryError,
 )
-from orchestrator.credentials import Secret
-from orchestrator.redact import redact_text
+from orchestrator.secrets.credentials import Secret
+from orchestrator.secrets.redact import redact_text
 
 T = TypeVar("T")
 

@@ -61,7 +61,7 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.proxmox_api import PveApi, TaskFailed
-from orchestrator.credentials import resolve
+from orchestrator.secrets.credentials import resolve
 
 IPSET = "ipfilter-net0"
 VMID_TAKEN = re.compile(r"VM \d+: config file already exists|VM \d+ already exists")

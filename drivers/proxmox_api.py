@@ -34,7 +34,7 @@ import proxmoxer
 import requests
 
 from drivers.base import DriverError, PermanentError, TemporaryError
-from orchestrator.credentials import Secret
+from orchestrator.secrets.credentials import Secret
 
 LOCKED = re.compile(r"is locked \(([\w-]+)\)")
 UNREACHABLE = {502, 503, 504, 595, 596}

@@ -33,7 +33,7 @@ from drivers.base import (
     TemporaryError,
 )
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.credentials import resolve
+from orchestrator.secrets.credentials import resolve
 
 # A Linux interface name: at most 15 characters, none that a shell would read.
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")

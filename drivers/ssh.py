@@ -18,8 +18,8 @@ from pathlib import Path
 import paramiko
 
 from drivers.base import PermanentError, TemporaryError
-from orchestrator.credentials import Secret
-from orchestrator.redact import redact_text
+from orchestrator.secrets.credentials import Secret
+from orchestrator.secrets.redact import redact_text
 
 
 @dataclass(frozen=True)

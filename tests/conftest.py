@@ -20,14 +20,14 @@ import uvicorn
 from hypothesis import settings
 from sqlalchemy import Engine, create_engine, func, select, text
 
-from orchestrator.api import create_app
+from orchestrator.core.events import Event, parse_events
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.policy import Policy, load_policies
 from orchestrator.engine import Orchestrator
-from orchestrator.events import Event, parse_events
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.policy import Policy, load_policies
-from orchestrator.signing import signed_headers
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import EventRow
+from orchestrator.faces.api import create_app
+from orchestrator.secrets.signing import signed_headers
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import EventRow
 
 REPO = Path(__file__).resolve().parents[1]
 # ``pytest --hypothesis-profile=long`` for a longer search of the properties.

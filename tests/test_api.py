@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from orchestrator.signing import signed_headers
+from orchestrator.secrets.signing import signed_headers
 from tests.conftest import NEW, OLD, REPO, Served, created, invoice, paid, wib
 
 
@@ -100,7 +100,7 @@ def test_health_metrics_and_the_published_openapi(served: Served) -> None:
     assert "orchestrator_queue_depth 0" in metrics and "orchestrator_breaker_open 0" in metrics
     tick = wib(2026, 11, 20, 10, 1).timestamp()
     assert f"orchestrator_last_tick_timestamp_seconds {tick}" in metrics
-    published = json.loads((REPO / "orchestrator" / "openapi.json").read_text())
+    published = json.loads((REPO / "orchestrator" / "faces" / "openapi.json").read_text())
     assert served.client.get("/openapi.json").json() == published
     assert served.client.get("/v1/services/nope").status_code == 404
 

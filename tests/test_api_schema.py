@@ -20,12 +20,12 @@ from hypothesis import settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api import create_app
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.policy import load_policies
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import load_inventory
-from orchestrator.policy import load_policies
-from orchestrator.signing import SIGNATURE_HEADER, signed_headers, target
-from orchestrator.store.db import migrate, open_engine
+from orchestrator.faces.api import create_app
+from orchestrator.secrets.signing import SIGNATURE_HEADER, signed_headers, target
+from orchestrator.state.db import migrate, open_engine
 from tests.conftest import REPO
 
 SECRET = b"schemathesis-secret"

@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.core.events import parse_events
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.lifecycle import PAID_AFTER_PURGE, UNDER_REVIEW
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.events import parse_events
-from orchestrator.inventory import Inventory
-from orchestrator.lifecycle import PAID_AFTER_PURGE, UNDER_REVIEW
-from orchestrator.policy import Policy
-from orchestrator.store.models import EventRow, NotificationRow, StepRow
+from orchestrator.faces.cli import app
+from orchestrator.state.models import EventRow, NotificationRow, StepRow
 from tests.conftest import Served, created, invoice, paid, wib
 
 Cli = Callable[..., str]

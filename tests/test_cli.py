@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.faces.cli import app
 from tests.conftest import REPO, created, invoice
 
 

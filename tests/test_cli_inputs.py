@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.faces.cli import app
 from tests.conftest import REPO, created
 
 Run = Callable[..., Any]

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy.orm import sessionmaker
 from typer.testing import CliRunner
 
-from orchestrator import ipam
-from orchestrator.cli import app
-from orchestrator.store.db import open_engine
+from orchestrator.faces.cli import app
+from orchestrator.state import ipam
+from orchestrator.state.db import open_engine
 from tests.conftest import REPO, wib
 
 Cli = Callable[..., str]

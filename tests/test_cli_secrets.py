@@ -21,7 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.faces.cli import app
 from tests.conftest import created
 
 TOKEN = "5e1f3a0c-9d7b-4c2e-8f61-2b9a7d4e0c13"

@@ -19,10 +19,10 @@ from rich.console import Console
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.demo_report import print_story
-from orchestrator.store.db import open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.faces.cli import app
+from orchestrator.faces.demo_report import print_story
+from orchestrator.state.db import open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO
 
 DAY_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2})  day +(\d+)/75  \S")

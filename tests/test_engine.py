@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from drivers.base import MachineSpec, Outcome, PermanentError, ServiceRef, TemporaryError
 from drivers.libvirt_compute import LibvirtCompute
-from orchestrator import ipam
-from orchestrator.cli import app
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import ApplyReport, Orchestrator, Settings
-from orchestrator.guards import BreakerSettings
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.store.models import ServiceRow, StepRow
+from orchestrator.faces.cli import app
+from orchestrator.run.guards import BreakerSettings
+from orchestrator.state import ipam
+from orchestrator.state.models import ServiceRow, StepRow
 from tests.conftest import created, events, invoice, package_changed, paid, wib
 
 

@@ -22,17 +22,17 @@ from sqlalchemy import select
 
 from drivers.base import ComputeDriver, MachineSpec, Observed, Outcome, Power, ServiceRef
 from drivers.libvirt_compute import LibvirtCompute
+from orchestrator.core.events import Event, parse_events
+from orchestrator.core.facts import derive_facts
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.lifecycle import hold_end, lifecycle
+from orchestrator.core.policy import StepKind, load_policies
+from orchestrator.core.reconcile import Action, Current, reconcile
 from orchestrator.engine import Orchestrator
-from orchestrator.events import Event, parse_events
-from orchestrator.facts import derive_facts
-from orchestrator.guards import covering_hold, still_warranted
-from orchestrator.ingest import UnmatchedPayment
-from orchestrator.inventory import Inventory
-from orchestrator.lifecycle import hold_end, lifecycle
-from orchestrator.policy import StepKind, load_policies
-from orchestrator.reconcile import Action, Current, reconcile
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import EventRow, StepRow
+from orchestrator.run.guards import covering_hold, still_warranted
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.ingest import UnmatchedPayment
+from orchestrator.state.models import EventRow, StepRow
 from tests.conftest import REPO, WIB
 
 START = datetime(2026, 11, 1, tzinfo=WIB)
@@ -212,7 +212,7 @@ def test_engine_keeps_the_invariants(
     )
     box.append(orch)
     with orch.sessions.begin() as session:
-        from orchestrator import ipam
+        from orchestrator.state import ipam
 
         ipam.seed_pool(session, "lab-v4", ["192.0.2.50", "192.0.2.51", "192.0.2.52"])
     pending = sorted(

@@ -22,10 +22,10 @@ from drivers.base import (
     Power,
     ServiceRef,
 )
-from orchestrator.daemon import JsonFormatter, TerminalFormatter, _log_failure
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
+from orchestrator.faces.daemon import JsonFormatter, TerminalFormatter, _log_failure
 from tests.conftest import created, events
 
 

@@ -12,11 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from orchestrator import ipam, notify
+from orchestrator.core.inventory import load_inventory
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import load_inventory
-from orchestrator.signing import verify
-from orchestrator.store.models import NotificationRow
+from orchestrator.run import notify
+from orchestrator.secrets.signing import verify
+from orchestrator.state import ipam
+from orchestrator.state.models import NotificationRow
 from tests.conftest import REPO, created, events, invoice, paid, wib
 
 SECRET = b"billing-shared-secret"

@@ -59,7 +59,7 @@ def test_a_plain_install_delivers_a_notification(
         "inventory": str(REPO / "inventory" / "lab.yaml"),
     }
     script = (
-        "from orchestrator import daemon; "
+        "from orchestrator.faces import daemon; "
         f"daemon._process_settings.update({settings!r}); daemon.notify_billing({config!r})"
     )
     subprocess.run(

@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.core.events import EventError, parse_events
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.lifecycle import Phase
+from orchestrator.core.policy import Policy, load_policy
+from orchestrator.core.yamlerrors import PolicyError
 from orchestrator.engine import Orchestrator
-from orchestrator.events import EventError, parse_events
-from orchestrator.inventory import Inventory
-from orchestrator.lifecycle import Phase
-from orchestrator.policy import Policy, load_policy
-from orchestrator.store.models import NotificationRow, StepRow
-from orchestrator.yamlerrors import PolicyError
+from orchestrator.faces.cli import app
+from orchestrator.state.models import NotificationRow, StepRow
 from tests.conftest import REPO, created, invoice, paid, wib
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.backup_schedule import (
+from orchestrator.core.backup_schedule import (
     BackupJob,
     Frequency,
     Limits,

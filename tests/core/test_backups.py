@@ -8,14 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.base import BackupCopy
-from orchestrator import backups
-from orchestrator.backup_schedule import Slot
-from orchestrator.events import Event
-from orchestrator.facts import derive_facts
-from orchestrator.inventory import HostVars
-from orchestrator.lifecycle import lifecycle
-from orchestrator.policy import Backups, Policy
-from orchestrator.prune import KeepRules
+from orchestrator.core import backups
+from orchestrator.core.backup_schedule import Slot
+from orchestrator.core.events import Event
+from orchestrator.core.facts import derive_facts
+from orchestrator.core.inventory import HostVars
+from orchestrator.core.lifecycle import lifecycle
+from orchestrator.core.policy import Backups, Policy
+from orchestrator.core.prune import KeepRules
 from tests.conftest import created, events, invoice, wib
 
 CLAUSE = "4.4.5: weekly"

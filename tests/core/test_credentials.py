@@ -9,10 +9,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from orchestrator import evidence
-from orchestrator.credentials import CredentialError, Secret, resolve
-from orchestrator.redact import redact, redact_text
-from orchestrator.yamlerrors import Loader
+from orchestrator.core.yamlerrors import Loader
+from orchestrator.secrets import evidence
+from orchestrator.secrets.credentials import CredentialError, Secret, resolve
+from orchestrator.secrets.redact import redact, redact_text
 
 VALUE = "s3cret-Value-1234"
 

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from orchestrator.days import Offset, OffsetError, WorkCalendar, add_offset
+from orchestrator.core.days import Offset, OffsetError, WorkCalendar, add_offset
 from tests.conftest import wib
 
 ID = WorkCalendar("ID", (5, 6))

@@ -14,10 +14,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.events import parse_events
-from orchestrator.facts import derive_facts
-from orchestrator.lifecycle import lifecycle
-from orchestrator.policy import load_policies
+from orchestrator.core.events import parse_events
+from orchestrator.core.facts import derive_facts
+from orchestrator.core.lifecycle import lifecycle
+from orchestrator.core.policy import load_policies
 from tests.conftest import REPO, WIB
 
 START = datetime(2026, 11, 1, tzinfo=WIB)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inventory import load_inventory
-from orchestrator.yamlerrors import PolicyError
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.yamlerrors import PolicyError
 from tests.conftest import REPO
 
 LAB_NET = (REPO / "inventory" / "lab-net.yaml").read_text()

@@ -24,9 +24,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import ipam
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import AddressHistoryRow, AddressRow
+from orchestrator.state import ipam
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import AddressHistoryRow, AddressRow
 from tests.conftest import wib
 
 POOL = "p"

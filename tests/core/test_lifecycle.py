@@ -4,9 +4,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from orchestrator.facts import derive_facts
-from orchestrator.lifecycle import Phase, lifecycle
-from orchestrator.policy import Policy, ReasonOwner, StepKind
+from orchestrator.core.facts import derive_facts
+from orchestrator.core.lifecycle import Phase, lifecycle
+from orchestrator.core.policy import Policy, ReasonOwner, StepKind
 from tests.conftest import created, events, invoice, paid, wib
 
 UNPAID = [created("s1"), invoice("s1", "2026-12-01")]

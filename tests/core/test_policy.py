@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
-from orchestrator.policy import (
+from orchestrator.core.policy import (
     DATA_STEPS,
     Policy,
     ProductKind,
@@ -13,7 +12,8 @@ from orchestrator.policy import (
     load_policy,
     policy_schema,
 )
-from orchestrator.yamlerrors import PolicyError
+from orchestrator.core.yamlerrors import PolicyError
+from orchestrator.faces.cli import app
 from tests.conftest import REPO
 
 PROFILES = ["klikserver", "cybernet", "herza", "cbncloud", "cloudmatika"]

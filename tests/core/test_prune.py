@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.prune import KEEP_ONE, Backup, Decision, KeepRules, prune
+from orchestrator.core.prune import KEEP_ONE, Backup, Decision, KeepRules, prune
 
 WIB = ZoneInfo("Asia/Jakarta")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.redact import redact_text
+from orchestrator.secrets.redact import redact_text
 
 
 @pytest.mark.parametrize(

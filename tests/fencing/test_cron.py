@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from orchestrator import journal
-from orchestrator.cli import EX_TEMPFAIL, app
-from orchestrator.daemon import leadership_for
+from orchestrator.core.events import parse_events
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.events import parse_events
-from orchestrator.inventory import load_inventory
-from orchestrator.policy import Policy
+from orchestrator.faces.cli import EX_TEMPFAIL, app
+from orchestrator.faces.daemon import leadership_for
+from orchestrator.state import journal
 from tests.conftest import REPO, created
 
 INVENTORY = """

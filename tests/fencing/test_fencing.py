@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from drivers.base import Outcome, ServiceRef
-from orchestrator import journal
-from orchestrator.daemon import advisory_keys, leadership_for
+from orchestrator.core.events import parse_events
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.events import parse_events
-from orchestrator.inventory import load_inventory
-from orchestrator.policy import Policy
-from orchestrator.store.models import AuditRow, NotificationRow, StepRow
+from orchestrator.faces.daemon import advisory_keys, leadership_for
+from orchestrator.state import journal
+from orchestrator.state.models import AuditRow, NotificationRow, StepRow
 from tests.fencing.witness import WitnessCompute, calls, register
 
 register()  # the inventory refuses a driver the registry does not know

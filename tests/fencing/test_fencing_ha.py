@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, text
 
-from orchestrator.daemon import advisory_keys
+from orchestrator.core.events import parse_events
+from orchestrator.core.inventory import load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.events import parse_events
-from orchestrator.inventory import load_inventory
-from orchestrator.policy import Policy
-from orchestrator.store.models import StepRow
+from orchestrator.faces.daemon import advisory_keys
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO
 from tests.fencing.witness import DESTRUCTIVE_CALLS, calls, register
 

@@ -121,7 +121,7 @@ def register() -> None:
 
 def _open_breaker_limits() -> None:
     from orchestrator.engine import Settings
-    from orchestrator.guards import BreakerSettings
+    from orchestrator.run.guards import BreakerSettings
 
     def unlimited(cls: type[Settings]) -> Settings:
         return cls(breaker=BreakerSettings(min_count=10**9))
@@ -130,7 +130,7 @@ def _open_breaker_limits() -> None:
 
 
 if __name__ == "__main__":
-    from orchestrator.cli import main
+    from orchestrator.faces.cli import main
 
     register()
     _open_breaker_limits()

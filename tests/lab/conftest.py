@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inventory import Inventory, load_inventory
+from orchestrator.core.inventory import Inventory, load_inventory
 from tests.conftest import REPO
 
 LAB_DIR = Path("/var/lib/orchestrator-lab")

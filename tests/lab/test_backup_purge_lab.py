@@ -12,12 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from drivers.base import ServiceRef
-from orchestrator import journal
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.state import journal
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import created, events, invoice, wib
 from tests.lab.conftest import virsh
 from tests.lab.test_libvirt_lab import wait_for_guest_data

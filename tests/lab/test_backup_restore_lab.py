@@ -20,7 +20,7 @@ import pytest
 
 from drivers.base import MachineSpec, PermanentError, ServiceRef
 from drivers.libvirt_compute import LibvirtCompute
-from orchestrator.inventory import Inventory
+from orchestrator.core.inventory import Inventory
 from tests.lab.conftest import LAB_DIR, domain_state, virsh
 
 SPEC = MachineSpec(1, 128, 1)

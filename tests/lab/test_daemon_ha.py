@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from orchestrator.core.events import parse_events
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
+from orchestrator.core.reconcile import SCHEDULED_ACTIONS
 from orchestrator.engine import Orchestrator
-from orchestrator.events import parse_events
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.reconcile import SCHEDULED_ACTIONS
-from orchestrator.store.models import StepRow
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO
 from tests.lab.conftest import domain_state
 

@@ -25,14 +25,14 @@ from typer.testing import CliRunner, Result
 
 from drivers.base import PermanentError
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator import evidence
-from orchestrator.cli import app
-from orchestrator.credentials import resolve
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator, Settings
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.policy import Policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.faces.cli import app
+from orchestrator.secrets import evidence
+from orchestrator.secrets.credentials import resolve
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO, created, events, invoice, paid, wib
 from tests.lab.conftest import LAB_DIR
 

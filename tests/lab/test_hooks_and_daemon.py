@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.signing import signed_headers
+from orchestrator.secrets.signing import signed_headers
 from tests.conftest import REPO
 from tests.lab.conftest import domain_state
 

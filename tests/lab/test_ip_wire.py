@@ -29,13 +29,13 @@ from drivers.base import PermanentError, ServiceRef, Uplink
 from drivers.colo import ColoCompute
 from drivers.router import RouterNetwork
 from drivers.ssh import SshTarget
-from orchestrator import ipam
-from orchestrator.credentials import resolve
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.policy import Policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.secrets.credentials import resolve
+from orchestrator.state import ipam
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO, created, events, invoice, paid, wib
 from tests.lab.conftest import LAB_DIR
 from tests.lab.test_dedicated_lab import _key_lines

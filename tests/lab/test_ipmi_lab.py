@@ -23,12 +23,12 @@ from sqlalchemy import select
 from drivers.base import MachineSpec, PermanentError, Power, ServiceRef
 from drivers.ipmi import Bmc, BootDevice, IpmiPower
 from drivers.libvirt_compute import LibvirtCompute
-from orchestrator.credentials import Secret, resolve
+from orchestrator.core.inventory import Inventory, load_inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory, load_inventory
-from orchestrator.policy import Policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.secrets.credentials import Secret, resolve
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO, created, events, invoice, wib
 from tests.lab.conftest import domain_state
 from tests.lab.test_dedicated_lab import SECRETS, boxes, ipmitool  # noqa: F401 - fixture

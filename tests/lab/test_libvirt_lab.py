@@ -22,12 +22,12 @@ import pytest
 from sqlalchemy import select
 
 from drivers.base import MachineSpec, Power, ServiceRef, load_compute
-from orchestrator import ipam
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy, load_policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy, load_policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.state import ipam
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import REPO, created, events, invoice, package_changed, paid, wib
 from tests.lab.conftest import LAB_DIR, domain_state, virsh
 

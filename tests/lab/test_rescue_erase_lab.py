@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.ansible import AnsibleRunner
 from drivers.ssh import SshTarget
-from orchestrator import evidence
-from orchestrator.credentials import Secret
+from orchestrator.secrets import evidence
+from orchestrator.secrets.credentials import Secret
 from tests.conftest import REPO
 from tests.lab.conftest import LAB_DIR
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from lab.pve.harness import PveLab, start_lab
-from orchestrator import journal
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.store.db import migrate, open_engine
-from orchestrator.store.models import StepRow
+from orchestrator.state import journal
+from orchestrator.state.db import migrate, open_engine
+from orchestrator.state.models import StepRow
 from tests.conftest import WIB, created, events, invoice, wib
 
 HOSTS = ("pve-a", "pve-b", "pve-c")

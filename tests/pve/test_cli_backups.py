@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lab.pve.harness import PveLab
-from orchestrator.cli import app
+from orchestrator.faces.cli import app
 from tests.conftest import REPO, created
 
 Cli = Callable[..., str]

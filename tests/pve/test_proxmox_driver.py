@@ -22,12 +22,12 @@ from drivers.proxmox import ProxmoxCompute
 from drivers.proxmox_api import PveApi, TaskFailed
 from lab.pve.harness import PveLab
 from lab.pve.schema import SUBSET
-from orchestrator import ipam
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
+from orchestrator.core.prune import Backup, KeepRules, prune
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.prune import Backup, KeepRules, prune
-from orchestrator.store.db import migrate, open_engine
+from orchestrator.state import ipam
+from orchestrator.state.db import migrate, open_engine
 from tests.conftest import created, events, invoice, paid, wib
 
 HOST = "pve-lab"

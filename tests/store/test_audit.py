@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import audit
-from orchestrator.store.models import AuditRow, MetaRow
+from orchestrator.state import audit
+from orchestrator.state.models import AuditRow, MetaRow
 from tests.conftest import wib
 
 KEY_ENV = "ORCHESTRATOR_TEST_AUDIT_KEY_2"

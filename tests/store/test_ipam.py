@@ -13,12 +13,12 @@ from alembic.config import Config
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import ipam
+from orchestrator.core.inventory import AllVars, Pool, load_inventory
+from orchestrator.core.yamlerrors import PolicyError
 from orchestrator.engine import Orchestrator
-from orchestrator.inventory import AllVars, Pool, load_inventory
-from orchestrator.store.db import MIGRATIONS
-from orchestrator.store.models import AddressRow
-from orchestrator.yamlerrors import PolicyError
+from orchestrator.state import ipam
+from orchestrator.state.db import MIGRATIONS
+from orchestrator.state.models import AddressRow
 from tests.conftest import REPO, wib
 
 T0 = wib(2026, 12, 1)

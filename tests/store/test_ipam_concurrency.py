@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from orchestrator import ipam
-from orchestrator.store.db import open_engine
-from orchestrator.store.models import AddressHistoryRow, AddressRow
+from orchestrator.state import ipam
+from orchestrator.state.db import open_engine
+from orchestrator.state.models import AddressHistoryRow, AddressRow
 from tests.conftest import wib
 
 PROCESSES, EACH = 8, 125

@@ -9,12 +9,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select, text, update
 
-from orchestrator import audit, ipam
+from orchestrator.core.events import EventError
+from orchestrator.core.inventory import Inventory
+from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.events import EventError
-from orchestrator.inventory import Inventory
-from orchestrator.policy import Policy
-from orchestrator.store.models import AuditRow, Base, EventRow, ServiceRow
+from orchestrator.state import audit, ipam
+from orchestrator.state.models import AuditRow, Base, EventRow, ServiceRow
 from tests.conftest import created, events, invoice, wib
 
 
