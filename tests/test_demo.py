@@ -42,7 +42,7 @@ class Run:
 
 
 def _demo(workdir: Path, *flags: str) -> Run:
-    command = "from orchestrator.cli import main; main()"
+    command = "from orchestrator.faces.cli import main; main()"
     args = ["demo", "--hypervisor", "test", "--workdir", str(workdir), *flags]
     result = subprocess.run(
         [sys.executable, "-c", command, *args], cwd=REPO, capture_output=True, text=True

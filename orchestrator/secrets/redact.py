@@ -6,7 +6,7 @@ that names a secret are replaced, credentials embedded in URLs
 headers an endpoint echoes (``Authorization: ...``, a Proxmox
 ``PVEAPIToken=user!id=secret``), and every secret
 this process has resolved (``register_secret``, called by
-``orchestrator.credentials``) is masked wherever it appears, so a driver
+``orchestrator.secrets.credentials``) is masked wherever it appears, so a driver
 error quoting a password by accident is scrubbed too.
 """
 
