@@ -35,6 +35,7 @@ from orchestrator.core.facts import Facts  # noqa: E402
 from orchestrator.core.inventory import load_inventory  # noqa: E402
 from orchestrator.core.policy import load_policies  # noqa: E402
 from orchestrator.engine import Orchestrator  # noqa: E402
+from orchestrator.engine.tick import plan_one  # noqa: E402
 from orchestrator.state.db import migrate, open_engine  # noqa: E402
 from orchestrator.state.models import AddressRow, ServiceRow  # noqa: E402
 
@@ -121,7 +122,7 @@ def tick(orchestrator: Orchestrator) -> tuple[float, int]:
             )
         }
     for service_id, applied, facts_json in rows:
-        orchestrator._plan_one(Facts.from_json(facts_json), applied, held.get(service_id, ()), TICK)
+        plan_one(orchestrator, Facts.from_json(facts_json), applied, held.get(service_id, ()), TICK)
     return time.perf_counter() - started, len(rows)
 
 
@@ -138,7 +139,7 @@ def naive(orchestrator: Orchestrator, sample: int) -> float:
                     select(AddressRow.address).where(AddressRow.service_id == service_id)
                 )
             )
-            orchestrator._plan_one(Facts.from_json(row.facts), row.applied_phase, held, TICK)
+            plan_one(orchestrator, Facts.from_json(row.facts), row.applied_phase, held, TICK)
     return time.perf_counter() - started
 
 

@@ -19,7 +19,7 @@ from drivers.base import MachineSpec, Outcome, PermanentError, ServiceRef, Tempo
 from drivers.libvirt_compute import LibvirtCompute
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
-from orchestrator.engine import ApplyReport, Orchestrator, Settings
+from orchestrator.engine import ApplyReport, Orchestrator, Settings, tick
 from orchestrator.faces.cli import app
 from orchestrator.run.guards import BreakerSettings
 from orchestrator.state import ipam
@@ -164,7 +164,7 @@ def test_a_step_whose_billing_changed_is_cancelled(
 ) -> None:
     unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 5))
-    orchestrator._journal_service(sid, wib(2026, 12, 6, 0, 1), ApplyReport(), {})
+    tick.journal_service(orchestrator, sid, wib(2026, 12, 6, 0, 1), ApplyReport(), {})
     assert ("suspend", "pending") in _steps(orchestrator, sid)
     orchestrator.ingest(events(paid(sid, "2026-12-06T00:02:00+07:00")), wib(2026, 12, 6, 0, 2))
     orchestrator.apply(wib(2026, 12, 6, 0, 3))
@@ -177,7 +177,7 @@ def test_a_step_left_running_by_a_crash_completes_once(
 ) -> None:
     unpaid_from_december(orchestrator, sid)
     orchestrator.apply(wib(2026, 12, 5))
-    orchestrator._journal_service(sid, wib(2026, 12, 6, 0, 1), ApplyReport(), {})
+    tick.journal_service(orchestrator, sid, wib(2026, 12, 6, 0, 1), ApplyReport(), {})
     with orchestrator.sessions.begin() as session:  # the process died after claiming the step
         session.execute(
             update(StepRow)

@@ -26,8 +26,9 @@ from orchestrator.core.events import Event, parse_events
 from orchestrator.core.facts import derive_facts
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.lifecycle import hold_end, lifecycle
-from orchestrator.core.policy import StepKind, load_policies
-from orchestrator.core.reconcile import Action, Current, reconcile
+from orchestrator.core.policy import load_policies
+from orchestrator.core.reconcile import Current, reconcile
+from orchestrator.core.steps import Action, StepKind
 from orchestrator.engine import Orchestrator
 from orchestrator.run.guards import covering_hold, still_warranted
 from orchestrator.state.db import migrate, open_engine

@@ -21,7 +21,8 @@ from orchestrator.core.inventory import HostVars
 from orchestrator.core.lifecycle import Phase, Verdict
 from orchestrator.core.policy import Backups, Policy, ProductKind, ReasonOwner
 from orchestrator.core.prune import Backup, Decision, KeepRules, prune
-from orchestrator.core.reconcile import Action, StepSpec
+from orchestrator.core.reconcile import StepSpec
+from orchestrator.core.steps import Action
 
 # Phases in which the machine exists and is the customer's to back up.
 LIVE_PHASES = frozenset({Phase.ACTIVE, Phase.GRACE, Phase.SUSPENDED, Phase.IPS_RECLAIMED})

@@ -41,7 +41,6 @@ from enum import StrEnum
 from orchestrator.core.days import add_offset, start_of_day
 from orchestrator.core.facts import Episode, Facts, Hold
 from orchestrator.core.policy import (
-    DESTRUCTIVE_STEPS,
     REVIEW_HOLD,
     AbuseRung,
     Anchor,
@@ -50,8 +49,9 @@ from orchestrator.core.policy import (
     Product,
     ProductKind,
     ReasonOwner,
-    StepKind,
+    SuspendMethod,
 )
+from orchestrator.core.steps import StepKind
 
 PAID_AFTER_PURGE = "paid after purge: the data is gone; needs a fresh provision"
 UNDER_REVIEW = "unmatched payment under review: destructive steps held"
@@ -89,7 +89,7 @@ class Entry:
     phase: Phase
     anchor: Anchor
     clause: str
-    method: str | None = None
+    method: SuspendMethod | None = None
     automatic: bool = True
     planned_at: datetime | None = None
     blocked_by: str | None = None
@@ -99,7 +99,7 @@ class Entry:
 
     @property
     def destructive(self) -> bool:
-        return self.step in DESTRUCTIVE_STEPS
+        return self.step.destructive
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,8 @@ class Reason:
     detail: str
     since: datetime
     until: datetime | None = None
+    # An abuse rung that ends the service outright (the policy's ``action: terminate``).
+    terminates: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Verdict:
     next_at: datetime | None
     timeline: tuple[Entry, ...]
     undo: tuple[str, ...]
-    suspend_method: str | None
+    suspend_method: SuspendMethod | None
     good_standing: bool
     at: datetime
     attention: tuple[str, ...] = ()
@@ -248,7 +250,7 @@ def _ladder_entries(
             phase=Phase.ACTIVE if step.after.negative else PHASE_AFTER[step.step],
             anchor=ladder.anchor,
             clause=step.clause,
-            method=step.method.value if step.method else None,
+            method=step.method,
             automatic=step.automatic,
             note=step.note,
         )
@@ -343,7 +345,7 @@ def _apply_holds(
         at = entry.at + shift
         if floor is not None and entry.destructive and at < floor:
             shift, at, delayed_by = shift + (floor - at), floor, "a payment reversal's grace"
-        while (found := _blocking_hold(entry.step, at, holds, policy))[0] is not None:
+        while (found := blocking_hold(entry.step, at, holds, policy))[0] is not None:
             hold, end = found
             if end is None:
                 blocker = blocker or f"{hold.kind} hold {hold.id}"  # type: ignore[union-attr]
@@ -357,7 +359,7 @@ def _apply_holds(
     return out
 
 
-def _blocking_hold(
+def blocking_hold(
     step: StepKind, at: datetime, holds: tuple[Hold, ...], policy: Policy
 ) -> tuple[Hold | None, datetime | None]:
     """The hold in force at ``at`` that covers ``step``, and when it ends (None: open-ended)."""
@@ -450,7 +452,8 @@ def _abuse_reasons(facts: Facts, policy: Policy, now: datetime) -> list[Reason]:
         if rung is None or at > now:
             continue
         if rung.action == "terminate":
-            reasons.append(Reason(ReasonOwner.ABUSE, f"terminate: {rung.clause}", at))
+            detail = f"terminate: {rung.clause}"
+            reasons.append(Reason(ReasonOwner.ABUSE, detail, at, terminates=True))
             continue
         until = add_offset(at, rung.lasts, work) if rung.lasts else None
         if until is None or until > now:
@@ -484,7 +487,7 @@ def _phase(gone: Phase | None, reached: list[Entry], reasons: tuple[Reason, ...]
     if gone is not None:
         return gone
     phase = max((e.phase for e in reached), key=SEVERITY.__getitem__, default=Phase.ACTIVE)
-    if any(r.detail.startswith("terminate:") for r in reasons):
+    if any(r.terminates for r in reasons):
         phase = _worse(phase, Phase.TERMINATED)
     elif reasons:
         phase = _worse(phase, Phase.SUSPENDED)
@@ -543,19 +546,19 @@ def _undo(facts: Facts, policy: Policy, product: Product, now: datetime) -> tupl
     return undo_steps(done, product, purge_at)
 
 
-def _suspend_method(product: Product, reached: list[Entry]) -> str | None:
+def _suspend_method(product: Product, reached: list[Entry]) -> SuspendMethod | None:
     methods = [e.method for e in reached if e.step == StepKind.SUSPEND and e.method]
     if methods:
         return methods[-1]
     return default_suspend_method(product)
 
 
-def default_suspend_method(product: Product) -> str | None:
+def default_suspend_method(product: Product) -> SuspendMethod | None:
     """Abuse and operator suspensions use the product's billing method."""
     for ladder in product.ladders:
         for step in ladder.steps:
             if step.method is not None:
-                return step.method.value
+                return step.method
     return None
 
 
@@ -569,6 +572,7 @@ __all__ = [
     "Phase",
     "Reason",
     "Verdict",
+    "blocking_hold",
     "covers",
     "default_suspend_method",
     "hold_end",

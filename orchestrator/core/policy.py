@@ -33,6 +33,7 @@ from pydantic import (
 
 from orchestrator.core.days import Offset, WorkCalendar, add_offset
 from orchestrator.core.prune import KeepRules
+from orchestrator.core.steps import LADDER_ORDER, StepKind
 from orchestrator.core.yamlerrors import PolicyError, load_yaml_model
 
 
@@ -92,32 +93,26 @@ class Anchor(StrEnum):
     ACCOUNT_CLOSURE = "account_closure"
 
 
-class StepKind(StrEnum):
-    NOTICE = "notice"
-    SUSPEND = "suspend"
-    RECLAIM_IPS = "reclaim_ips"
-    TERMINATE = "terminate"
-    PURGE = "purge"
-    HAND_OVER = "hand_over"
-
-
-DESTRUCTIVE_STEPS = frozenset(
-    {StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE, StepKind.HAND_OVER}
-)
-# The steps after which data or hardware is gone from the customer: a legal hold
-# keeps all of them back, whatever else the policy lets it block.
-DATA_STEPS = frozenset({StepKind.TERMINATE, StepKind.PURGE, StepKind.HAND_OVER})
-# The order a ladder's destructive steps must keep (hand_over, where a ladder has
-# it instead of terminate and purge, comes after the suspension).
-LADDER_ORDER = (StepKind.SUSPEND, StepKind.RECLAIM_IPS, StepKind.TERMINATE, StepKind.PURGE)
-
-
 class SuspendMethod(StrEnum):
     PAUSE = "pause"
     SHUTDOWN = "shutdown"
     CUT_NETWORK = "cut_network"
     POWER_OFF = "power_off"
     PORT_DOWN = "port_down"
+
+    @property
+    def cuts_network(self) -> bool:
+        """The machine keeps running, cut off from the network (a switch port or a filter)."""
+        return self in (SuspendMethod.CUT_NETWORK, SuspendMethod.PORT_DOWN)
+
+    @property
+    def stand_in(self) -> SuspendMethod:
+        """What a hypervisor standing in for a dedicated box or colocation runs instead
+        (the inventory's ``stands_in_for``): it cannot cut power or shut a switch port."""
+        return {
+            SuspendMethod.POWER_OFF: SuspendMethod.SHUTDOWN,
+            SuspendMethod.PORT_DOWN: SuspendMethod.CUT_NETWORK,
+        }.get(self, self)
 
 
 class ReasonOwner(StrEnum):
@@ -346,7 +341,8 @@ class HoldKind(Strict):
 
     @model_validator(mode="after")
     def _legal_keeps_the_data(self) -> HoldKind:
-        if self.owner == ReasonOwner.LEGAL and not set(self.blocks) >= DATA_STEPS:
+        keeps_data = all(s in self.blocks for s in StepKind if s.takes_data)
+        if self.owner == ReasonOwner.LEGAL and not keeps_data:
             raise ValueError("a legal hold must block terminate, purge and hand_over")
         return self
 
@@ -357,7 +353,7 @@ REVIEW_HOLD = "review"
 BUILTIN_HOLDS = {
     REVIEW_HOLD: HoldKind(
         owner=ReasonOwner.BILLING,
-        blocks=sorted(DESTRUCTIVE_STEPS),
+        blocks=[s for s in StepKind if s.destructive],
         clause="an unmatched payment is under review (orchestrator)",
     )
 }

@@ -17,34 +17,8 @@ from typing import Any
 
 from drivers.base import MachineSpec, Observed, Power
 from orchestrator.core.lifecycle import Entry, Phase, Verdict
-from orchestrator.core.policy import StepKind
-
-
-class Action(StrEnum):
-    CREATE = "create"
-    RESTORE = "restore"
-    ASSIGN_IPS = "assign_ips"
-    RESUME = "resume"
-    RESIZE = "resize"
-    NOTICE = "notice"
-    SUSPEND = "suspend"
-    RECLAIM_IPS = "reclaim_ips"
-    TERMINATE = "terminate"
-    HAND_OVER = "hand_over"
-    PURGE = "purge"
-    # Journaled by the backup schedule or an operator, never by reconcile.
-    BACKUP = "backup"
-    VERIFY_BACKUP = "verify_backup"
-    RESTORE_BACKUP = "restore_backup"
-
-
-# Steps reconcile does not ask for: a newer plan never supersedes them, and a
-# backup waiting for its night does not keep the service's phase from settling.
-SCHEDULED_ACTIONS = frozenset({Action.BACKUP, Action.VERIFY_BACKUP, Action.RESTORE_BACKUP})
-
-DESTRUCTIVE_ACTIONS = frozenset(
-    {Action.SUSPEND, Action.RECLAIM_IPS, Action.TERMINATE, Action.HAND_OVER, Action.PURGE}
-)
+from orchestrator.core.policy import SuspendMethod
+from orchestrator.core.steps import Action, StepKind
 
 
 class Machine(StrEnum):
@@ -89,7 +63,7 @@ class StepSpec:
 
     @property
     def destructive(self) -> bool:
-        return self.action in DESTRUCTIVE_ACTIONS
+        return self.action.destructive
 
 
 def reconcile(service_id: str, verdict: Verdict, current: Current, revision: int) -> list[StepSpec]:
@@ -151,10 +125,10 @@ def _bring_back(seen: Observed, was_purged: bool) -> list[Action]:
     return [] if was_purged else [Action.CREATE]
 
 
-def _suspended_as(seen: Observed, method: str | None) -> bool:
-    if method in ("cut_network", "port_down"):
+def _suspended_as(seen: Observed, method: SuspendMethod | None) -> bool:
+    if method is not None and method.cuts_network:
         return seen.network_cut and seen.power != Power.ABSENT
-    if method == "pause":
+    if method == SuspendMethod.PAUSE:
         return seen.power == Power.PAUSED
     return seen.power == Power.OFF
 
@@ -201,14 +175,7 @@ def _spec(service_id: str, action: Action, generation: str, verdict: Verdict) ->
 
 
 def _entry_for(action: Action, verdict: Verdict) -> Entry | None:
-    wanted = {
-        Action.SUSPEND: StepKind.SUSPEND,
-        Action.RECLAIM_IPS: StepKind.RECLAIM_IPS,
-        Action.TERMINATE: StepKind.TERMINATE,
-        Action.PURGE: StepKind.PURGE,
-        Action.HAND_OVER: StepKind.HAND_OVER,
-    }.get(action)
-    matches = [e for e in verdict.reached if e.step == wanted]
+    matches = [e for e in verdict.reached if action.step is not None and e.step == action.step]
     return matches[-1] if matches else None
 
 
@@ -229,14 +196,15 @@ def _generation(verdict: Verdict, revision: int) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def assumed(phase: Phase, method: str | None, was_purged: bool) -> Observed:
+def assumed(phase: Phase, method: SuspendMethod | None, was_purged: bool) -> Observed:
     """The machine as the last applied phase left it, for planning without a driver."""
     machine, _ = DESIRED[phase]
     if machine == Machine.RUNNING:
         return Observed(Power.RUNNING, data_present=True)
     if machine == Machine.SUSPENDED:
-        cut = method in ("cut_network", "port_down")
-        power = Power.PAUSED if method == "pause" else Power.RUNNING if cut else Power.OFF
+        cut = method is not None and method.cuts_network
+        paused = method == SuspendMethod.PAUSE
+        power = Power.PAUSED if paused else Power.RUNNING if cut else Power.OFF
         return Observed(power, network_cut=cut, data_present=True)
     if machine == Machine.ARCHIVED:
         return Observed(Power.ABSENT, archived=True, data_present=True)

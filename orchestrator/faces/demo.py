@@ -37,7 +37,8 @@ from drivers.base import DriverError, ServiceRef, load_compute
 from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.lifecycle import Entry, lifecycle
-from orchestrator.core.policy import Anchor, Policy, ProductKind, StepKind, load_policies
+from orchestrator.core.policy import Anchor, Policy, ProductKind, load_policies
+from orchestrator.core.steps import StepKind
 from orchestrator.engine import Orchestrator, Settings
 from orchestrator.faces.demo_report import (
     SHOWN_EVENTS,

@@ -29,19 +29,12 @@ from drivers.base import (
 from orchestrator.core import backups
 from orchestrator.core.facts import Facts
 from orchestrator.core.lifecycle import quarantine_end
-from orchestrator.core.policy import Policy, ProductKind
-from orchestrator.core.reconcile import Action
+from orchestrator.core.policy import Policy, ProductKind, SuspendMethod
+from orchestrator.core.steps import Action
 from orchestrator.run.guards import covering_hold
 from orchestrator.secrets.evidence import Signer
 from orchestrator.state import ipam
 from orchestrator.state.models import StepRow
-
-# A hypervisor host may stand in for dedicated boxes and colocation (the
-# inventory's ``stands_in_for``: libvirt's test hypervisor, the lab's libvirtd)
-# where no BMC or router is at hand; it cannot cut power or shut a switch port,
-# so it runs its nearest method instead. The real drivers (ipmi, colo) have
-# their own methods and never take this path.
-STAND_IN_METHODS = {"power_off": "shutdown", "port_down": "cut_network"}
 
 
 @dataclass(frozen=True)
@@ -100,10 +93,12 @@ def _resume(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:
 
 
 def suspend_method(driver: ComputeDriver, asked: str) -> str:
-    """The method a suspension asked for runs on this driver as: its own, or a stand-in's."""
+    """The method a suspension asked for runs on this driver as: its own, or, on a
+    hypervisor standing in for a box (the lab's, libvirt's test driver), the nearest
+    it has (``SuspendMethod.stand_in``). The real drivers (ipmi, colo) have their own."""
     if Capability(f"suspend:{asked}") in driver.capabilities:
         return asked
-    return STAND_IN_METHODS.get(asked, asked)
+    return SuspendMethod(asked).stand_in.value
 
 
 def _suspend(context: Context, step: StepRow, ref: ServiceRef) -> dict[str, Any]:

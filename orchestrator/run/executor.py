@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from drivers.base import DriverError, TemporaryError
-from orchestrator.core.reconcile import SCHEDULED_ACTIONS
+from orchestrator.core.steps import SCHEDULED_ACTIONS
 from orchestrator.run import notify
 from orchestrator.state import audit, journal
 from orchestrator.state.models import StepRow

@@ -1,13 +1,16 @@
-"""Guards: the last checks before a destructive step touches anything.
+"""Guards: the one gate before a step touches anything.
 
-Plans can be minutes old; billing is not. Right before a destructive step
-runs, the executor asks ``check``: is the step still warranted by billing as
+Plans can be minutes old; billing is not. Right before a step runs, the
+executor asks ``check``: is a destructive step still warranted by billing as
 it stands now, is a hold covering it, has an operator approved it (or does
-the policy make it automatic), and is the blast-radius breaker closed.
+the policy make it automatic); may a backup or restore run in this phase,
+and is a backup still inside its night's window. Before a batch of
+destructive steps starts, the blast-radius ``Breaker`` must be closed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,12 +18,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from orchestrator.core import backups
 from orchestrator.core.facts import Facts
-from orchestrator.core.lifecycle import Phase, Verdict, covers, hold_end
-from orchestrator.core.policy import Policy, StepKind
-from orchestrator.core.reconcile import DESIRED, Action, Machine
+from orchestrator.core.lifecycle import Phase, Verdict, blocking_hold
+from orchestrator.core.policy import Policy
+from orchestrator.core.reconcile import DESIRED, Machine
+from orchestrator.core.steps import Action
 from orchestrator.state import audit, journal
-from orchestrator.state.models import MetaRow, ServiceRow
+from orchestrator.state.models import MetaRow, ServiceRow, StepRow
 
 log = logging.getLogger("orchestrator.run.guards")
 BREAKER_KEY = "breaker"
@@ -35,13 +40,82 @@ WARRANTED: dict[Action, frozenset[Phase]] = {
     Action.PURGE: frozenset({Phase.PURGED}),
     Action.HAND_OVER: frozenset({Phase.HANDED_OVER}),
 }
-STEP_OF: dict[Action, StepKind] = {
-    Action.SUSPEND: StepKind.SUSPEND,
-    Action.RECLAIM_IPS: StepKind.RECLAIM_IPS,
-    Action.TERMINATE: StepKind.TERMINATE,
-    Action.PURGE: StepKind.PURGE,
-    Action.HAND_OVER: StepKind.HAND_OVER,
-}
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a step does not run now, and the journal state it goes to instead."""
+
+    state: str
+    reason: str
+
+
+def check(
+    session: Session,
+    step: StepRow,
+    facts: Facts,
+    policy: Policy,
+    verdict: Verdict,
+    now: datetime,
+    yes: bool,
+) -> Stop | None:
+    """None if the step may run now; else where it goes and why.
+
+    ``verdict`` is the lifecycle's reading of ``facts`` at ``now``, computed
+    once by the tick and passed down; ``facts`` are read fresh from the store
+    just before the step runs, so billing as it stands decides.
+    """
+    action = Action(step.kind)
+    if action.scheduled:
+        return _check_scheduled(session, step, facts, policy, verdict, now)
+    if not action.destructive:
+        return None
+    if not still_warranted(action, verdict):
+        return Stop(journal.CANCELLED, "billing changed: no longer warranted")
+    if (hold := covering_hold(action, facts, policy, now)) is not None:
+        return Stop(journal.HELD, f"held by {hold}")
+    if not yes and not json.loads(step.params).get("automatic", True):
+        return Stop(journal.AWAITING, "not automatic in the policy: needs 'apply --yes'")
+    return None
+
+
+def _check_scheduled(
+    session: Session, step: StepRow, facts: Facts, policy: Policy, verdict: Verdict, now: datetime
+) -> Stop | None:
+    """A backup or restore checks the service's phase and holds when it is about to run."""
+    refused = backups.refusal(verdict, backups.rules_of(facts, policy))
+    if refused:
+        return Stop(journal.CANCELLED, refused)
+    if step.kind == Action.RESTORE_BACKUP and (
+        hold := covering_hold(Action.PURGE, facts, policy, now)
+    ):
+        return Stop(journal.HELD, f"held by {hold}: a restore would overwrite what it keeps")
+    if step.kind == Action.BACKUP:
+        return _missed_window(session, step, now)
+    return None
+
+
+def _missed_window(session: Session, step: StepRow, now: datetime) -> Stop | None:
+    """A backup whose window closed before it could run waits for the next night's.
+
+    The daemon may have been down, or the host busy; running it now, in the
+    day, would load the host when the window exists to spare it.
+    """
+    params = json.loads(step.params)
+    closes = datetime.fromisoformat(params["window_closes"])
+    if now < closes:
+        return None
+    days = (now - closes).days + 1
+    slot = datetime.fromisoformat(params["slot"]) + timedelta(days=days)
+    moved = {
+        **params,
+        "slot": slot.isoformat(),
+        "window_closes": (closes + timedelta(days=days)).isoformat(),
+    }
+    journal.reschedule(session, step.id, slot, moved)
+    return Stop(
+        journal.RETRY, f"its window closed at {closes.isoformat()}; moved to {slot.isoformat()}"
+    )
 
 
 def still_warranted(action: Action, verdict: Verdict) -> bool:
@@ -50,15 +124,10 @@ def still_warranted(action: Action, verdict: Verdict) -> bool:
 
 
 def covering_hold(action: Action, facts: Facts, policy: Policy, now: datetime) -> str | None:
-    """A hold in force now that covers the action (the lifecycle's own reading of it)."""
-    step = STEP_OF[action]
-    for hold in facts.holds:
-        if hold.placed_at > now or not covers(hold, step, policy):
-            continue
-        end = hold_end(hold, policy)
-        if end is None or end > now:
-            return f"{hold.kind} hold {hold.id}"
-    return None
+    """A hold in force now that covers the action's step (the lifecycle's own reading)."""
+    assert action.step is not None, f"{action} is no ladder step: no hold covers it"
+    hold, _ = blocking_hold(action.step, now, facts.holds, policy)
+    return f"{hold.kind} hold {hold.id}" if hold is not None else None
 
 
 @dataclass(frozen=True)

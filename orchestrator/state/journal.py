@@ -36,7 +36,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from orchestrator.core.reconcile import SCHEDULED_ACTIONS, StepSpec
+from orchestrator.core.reconcile import StepSpec
+from orchestrator.core.steps import SCHEDULED_ACTIONS
 from orchestrator.secrets.redact import redact, redact_text
 from orchestrator.state.models import LeadershipRow, StepRow
 
@@ -261,6 +262,17 @@ def fenced(session: Session, step_id: int, epoch: int, now: datetime) -> None:
         update(StepRow)
         .where(StepRow.id == step_id, StepRow.state == RUNNING, StepRow.epoch == epoch)
         .values(fenced_at=now)
+    )
+
+
+def reschedule(
+    session: Session, step_id: int, not_before: datetime, params: dict[str, Any]
+) -> None:
+    """A scheduled step waits for a later slot, with the parameters that say which."""
+    session.execute(
+        update(StepRow)
+        .where(StepRow.id == step_id)
+        .values(not_before=not_before, params=json.dumps(params))
     )
 
 

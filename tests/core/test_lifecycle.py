@@ -6,7 +6,8 @@ import pytest
 
 from orchestrator.core.facts import derive_facts
 from orchestrator.core.lifecycle import Phase, lifecycle
-from orchestrator.core.policy import Policy, ReasonOwner, StepKind
+from orchestrator.core.policy import Policy, ReasonOwner
+from orchestrator.core.steps import StepKind
 from tests.conftest import created, events, invoice, paid, wib
 
 UNPAID = [created("s1"), invoice("s1", "2026-12-01")]

@@ -4,14 +4,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.core.policy import (
-    DATA_STEPS,
-    Policy,
-    ProductKind,
-    StepKind,
-    load_policy,
-    policy_schema,
-)
+from orchestrator.core.policy import Policy, ProductKind, load_policy, policy_schema
+from orchestrator.core.steps import StepKind
 from orchestrator.core.yamlerrors import PolicyError
 from orchestrator.faces.cli import app
 from tests.conftest import REPO
@@ -44,7 +38,7 @@ def test_colocation_is_never_wiped(policies: dict[str, Policy]) -> None:
 @pytest.mark.parametrize("name", PROFILES)
 def test_legal_hold_keeps_the_data(policies: dict[str, Policy], name: str) -> None:
     legal = policies[name].holds["legal"]
-    assert set(legal.blocks) >= DATA_STEPS
+    assert set(legal.blocks) >= {s for s in StepKind if s.takes_data}
     assert StepKind.SUSPEND not in legal.blocks  # it does not keep an unpaid service running
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select
 from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
-from orchestrator.core.reconcile import SCHEDULED_ACTIONS
+from orchestrator.core.steps import SCHEDULED_ACTIONS
 from orchestrator.engine import Orchestrator
 from orchestrator.state.models import StepRow
 from tests.conftest import REPO
