@@ -24,8 +24,9 @@ from drivers.base import ComputeDriver, MachineSpec, Observed, Outcome, Power, S
 from drivers.libvirt_compute import LibvirtCompute
 from orchestrator.core.events import Event, parse_events
 from orchestrator.core.facts import derive_facts
+from orchestrator.core.holds import hold_end
 from orchestrator.core.inventory import Inventory
-from orchestrator.core.lifecycle import hold_end, lifecycle
+from orchestrator.core.lifecycle import lifecycle
 from orchestrator.core.policy import load_policies
 from orchestrator.core.reconcile import Current, reconcile
 from orchestrator.core.steps import Action, StepKind

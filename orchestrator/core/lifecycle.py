@@ -40,17 +40,18 @@ from enum import StrEnum
 
 from orchestrator.core.days import add_offset, start_of_day
 from orchestrator.core.facts import Episode, Facts, Hold
+from orchestrator.core.holds import blocking_hold, hold_end
 from orchestrator.core.policy import (
     REVIEW_HOLD,
-    AbuseRung,
     Anchor,
     Ladder,
     Policy,
     Product,
     ProductKind,
-    ReasonOwner,
     SuspendMethod,
 )
+from orchestrator.core.reasons import Reason
+from orchestrator.core.reasons import reasons as find_reasons
 from orchestrator.core.steps import StepKind
 
 PAID_AFTER_PURGE = "paid after purge: the data is gone; needs a fresh provision"
@@ -103,18 +104,6 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Reason:
-    """Why a service is suspended, and who may lift it."""
-
-    owner: ReasonOwner
-    detail: str
-    since: datetime
-    until: datetime | None = None
-    # An abuse rung that ends the service outright (the policy's ``action: terminate``).
-    terminates: bool = False
-
-
-@dataclass(frozen=True)
 class Verdict:
     phase: Phase
     reasons: tuple[Reason, ...]
@@ -142,9 +131,9 @@ def lifecycle(facts: Facts, policy: Policy, now: datetime) -> Verdict:
     gone = None if reprovision else _gone(facts, policy, product)
     timeline = () if gone else _timeline(facts, policy, product)
     reached = [e for e in timeline if e.blocked_by is None and e.at <= now]
-    reasons = _reasons(facts, policy, reached, now)
+    reasons = find_reasons(facts, policy, reached, now)
     phase = _phase(gone, reached, reasons)
-    attention = _attention(facts, policy, now)
+    attention = _attention(facts, policy)
     if _purged_for_good(facts, reprovision, now) and phase != Phase.PURGED:
         phase, attention = Phase.PURGED, (PAID_AFTER_PURGE, *attention)
     return Verdict(
@@ -206,7 +195,7 @@ def _purged_for_good(facts: Facts, reprovision: bool, now: datetime) -> bool:
     return facts.purged_at is not None and facts.purged_at <= now and not reprovision
 
 
-def _attention(facts: Facts, policy: Policy, now: datetime) -> tuple[str, ...]:
+def _attention(facts: Facts, policy: Policy) -> tuple[str, ...]:
     reviews = [h for h in facts.holds if h.kind == REVIEW_HOLD and hold_end(h, policy) is None]
     return (UNDER_REVIEW,) if reviews else ()
 
@@ -359,38 +348,6 @@ def _apply_holds(
     return out
 
 
-def blocking_hold(
-    step: StepKind, at: datetime, holds: tuple[Hold, ...], policy: Policy
-) -> tuple[Hold | None, datetime | None]:
-    """The hold in force at ``at`` that covers ``step``, and when it ends (None: open-ended)."""
-    for hold in holds:
-        if not covers(hold, step, policy):
-            continue
-        end = hold_end(hold, policy)
-        if hold.placed_at <= at and (end is None or end > at):
-            return hold, end
-    return None, None
-
-
-def covers(hold: Hold, step: StepKind, policy: Policy) -> bool:
-    """What a hold keeps back is what its kind blocks (a legal one at least every step
-    that takes data or hardware away: the policy model refuses less)."""
-    kind = policy.hold_kind(hold.kind)
-    return kind is not None and step in kind.blocks
-
-
-def hold_end(hold: Hold, policy: Policy) -> datetime | None:
-    """A release ends a hold; else an explicit end; else the kind's fixed length
-    (a dispute's 5x24 h); else it lasts until released."""
-    kind = policy.hold_kind(hold.kind)
-    end = hold.until
-    if end is None and kind is not None and kind.lasts is not None:
-        end = add_offset(hold.placed_at, kind.lasts, policy.calendar.work_calendar())
-    if hold.released_at is not None and (end is None or hold.released_at < end):
-        return hold.released_at
-    return end
-
-
 def _if_paid(entry: Entry, ladder: list[Entry], product: Product) -> tuple[str, ...]:
     """What paying after ``entry`` (and before the next step) would undo."""
     purge = next((e for e in ladder if e.step == StepKind.PURGE), None)
@@ -423,64 +380,6 @@ def _ip_undo(product: Product) -> str:
     if product.undo.same_ip_within_quarantine:
         return f"same IP if still in quarantine ({product.ip_quarantine.words()}), else a new IP"
     return "a new IP"
-
-
-def _reasons(
-    facts: Facts, policy: Policy, reached: list[Entry], now: datetime
-) -> tuple[Reason, ...]:
-    reasons = list(_billing_reasons(reached))
-    reasons += _abuse_reasons(facts, policy, now)
-    reasons += [
-        Reason(ReasonOwner(owner), "operator suspension", at)
-        for owner, at in facts.admin_suspensions
-    ]
-    reasons += _hold_reasons(facts, policy, now)
-    return tuple(reasons)
-
-
-def _billing_reasons(reached: list[Entry]) -> list[Reason]:
-    suspends = [e for e in reached if e.step == StepKind.SUSPEND]
-    return [Reason(ReasonOwner.BILLING, f"{e.anchor.value}: {e.clause}", e.at) for e in suspends]
-
-
-def _abuse_reasons(facts: Facts, policy: Policy, now: datetime) -> list[Reason]:
-    reasons, strikes = [], dict[str, int]()
-    work = policy.calendar.work_calendar()
-    for category, at in facts.abuse:
-        strikes[category] = strikes.get(category, 0) + 1
-        rung = _rung(policy, category, strikes[category])
-        if rung is None or at > now:
-            continue
-        if rung.action == "terminate":
-            detail = f"terminate: {rung.clause}"
-            reasons.append(Reason(ReasonOwner.ABUSE, detail, at, terminates=True))
-            continue
-        until = add_offset(at, rung.lasts, work) if rung.lasts else None
-        if until is None or until > now:
-            reasons.append(
-                Reason(
-                    ReasonOwner.ABUSE, f"{category} #{strikes[category]}: {rung.clause}", at, until
-                )
-            )
-    return reasons
-
-
-def _rung(policy: Policy, category: str, strike: int) -> AbuseRung | None:
-    rungs = [r for r in policy.abuse.get(category, []) if r.strike <= strike]
-    return max(rungs, key=lambda r: r.strike, default=None)
-
-
-def _hold_reasons(facts: Facts, policy: Policy, now: datetime) -> list[Reason]:
-    reasons = []
-    for hold in facts.holds:
-        kind = policy.hold_kind(hold.kind)
-        if kind is None or not kind.suspends or hold.placed_at > now:
-            continue
-        until = hold_end(hold, policy)
-        if until is None or until > now:
-            detail = f"{hold.kind} hold {hold.id}: {kind.clause}"
-            reasons.append(Reason(kind.owner, detail, hold.placed_at, until))
-    return reasons
 
 
 def _phase(gone: Phase | None, reached: list[Entry], reasons: tuple[Reason, ...]) -> Phase:
@@ -570,12 +469,8 @@ __all__ = [
     "PHASE_AFTER",
     "Entry",
     "Phase",
-    "Reason",
     "Verdict",
-    "blocking_hold",
-    "covers",
     "default_suspend_method",
-    "hold_end",
     "lifecycle",
     "quarantine_end",
     "undo_steps",

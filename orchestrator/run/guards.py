@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from orchestrator.core import backups
 from orchestrator.core.facts import Facts
-from orchestrator.core.lifecycle import Phase, Verdict, blocking_hold
+from orchestrator.core.holds import blocking_hold
+from orchestrator.core.lifecycle import Phase, Verdict
 from orchestrator.core.policy import Policy
 from orchestrator.core.reconcile import DESIRED, Machine
 from orchestrator.core.steps import Action
