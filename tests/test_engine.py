@@ -22,7 +22,7 @@ from orchestrator.core.policy import Policy
 from orchestrator.engine import ApplyReport, Orchestrator, Settings, tick
 from orchestrator.faces.cli import app
 from orchestrator.run.guards import BreakerSettings
-from orchestrator.state import ipam
+from orchestrator.state import ipam, journal
 from orchestrator.state.models import ServiceRow, StepRow
 from tests.conftest import created, events, invoice, package_changed, paid, wib
 
@@ -168,6 +168,27 @@ def test_a_step_whose_billing_changed_is_cancelled(
     assert ("suspend", "pending") in _steps(orchestrator, sid)
     orchestrator.ingest(events(paid(sid, "2026-12-06T00:02:00+07:00")), wib(2026, 12, 6, 0, 2))
     orchestrator.apply(wib(2026, 12, 6, 0, 3))
+    assert ("suspend", "cancelled") in _steps(orchestrator, sid)
+    assert state_of(virt, sid) == "running"
+
+
+def test_a_payment_landing_within_the_tick_cancels_the_suspend_it_journaled(
+    orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
+) -> None:
+    """The tick judges each service once and hands the verdict down; a payment that
+    lands between journaling and the guard changes the facts, and the guard judges
+    the new facts, not the tick's memory of the old ones."""
+    unpaid_from_december(orchestrator, sid)
+    orchestrator.apply(wib(2026, 12, 5))
+    now = wib(2026, 12, 6, 0, 1)
+    verdicts = tick.Verdicts(orchestrator.policies, now)
+    tick.journal_service(orchestrator, sid, now, ApplyReport(), {}, verdicts=verdicts)
+    assert ("suspend", "pending") in _steps(orchestrator, sid)
+    orchestrator.ingest(events(paid(sid, "2026-12-06T00:00:30+07:00")), now)
+    with orchestrator.sessions() as session:
+        runnable = journal.runnable(session, now, False)
+    assert [s.kind for s in runnable] == ["suspend"]
+    tick.executor(orchestrator, now, False, verdicts).run(runnable, now)
     assert ("suspend", "cancelled") in _steps(orchestrator, sid)
     assert state_of(virt, sid) == "running"
 
