@@ -56,6 +56,9 @@ _PRECEDENCE = {
 
 @dataclass(frozen=True)
 class Hold:
+    """A hold as billing placed it; a release is kept with its time, not forgotten,
+    because the steps it delayed keep their distances from its end."""
+
     id: str
     kind: str
     placed_at: datetime

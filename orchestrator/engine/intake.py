@@ -233,11 +233,7 @@ def facts_of(orch: Orchestrator, service_id: str, session: Session | None = None
 
 
 def _event_row(event: Event, now: datetime) -> EventRow:
-    return EventRow(
-        event_id=event.id,
-        service_id=event.service,
-        type=event.type,
-        occurred_at=event.at,
-        received_at=now,
-        body=event.received,
-    )
+    """Kept as billing sent it: the body is what facts are derived from, again and again."""
+    at, received = event.at, event.received
+    return EventRow(event_id=event.id, service_id=event.service, type=event.type,
+                    occurred_at=at, received_at=now, body=received)
