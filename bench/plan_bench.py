@@ -36,6 +36,7 @@ from orchestrator.core.inventory import load_inventory  # noqa: E402
 from orchestrator.core.policy import load_policies  # noqa: E402
 from orchestrator.engine import Orchestrator  # noqa: E402
 from orchestrator.engine.tick import plan_one  # noqa: E402
+from orchestrator.state import services  # noqa: E402
 from orchestrator.state.db import migrate, open_engine  # noqa: E402
 from orchestrator.state.models import AddressRow, ServiceRow  # noqa: E402
 
@@ -107,7 +108,7 @@ def full_plan(orchestrator: Orchestrator) -> tuple[float, int]:
 def tick(orchestrator: Orchestrator) -> tuple[float, int]:
     started = time.perf_counter()
     with orchestrator.sessions() as session:
-        due = orchestrator.due(TICK, session)
+        due = services.due(session, TICK)
         rows = session.execute(
             select(ServiceRow.id, ServiceRow.applied_phase, ServiceRow.facts).where(
                 ServiceRow.id.in_(due)

@@ -4,14 +4,11 @@ test restores. The rules (which services, which copies to keep) are in
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import replace
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import select
 
 from drivers.base import BackupCopy, Capability, ServiceRef
 from orchestrator.core import backups
@@ -23,8 +20,8 @@ from orchestrator.engine import tick
 from orchestrator.engine.reports import BackupWeek
 from orchestrator.run import actions
 from orchestrator.run.executor import StepReport
-from orchestrator.state import audit, journal
-from orchestrator.state.models import ServiceRow, StepRow
+from orchestrator.state import audit, journal, services
+from orchestrator.state.models import StepRow
 
 if TYPE_CHECKING:
     from orchestrator.engine.orchestrator import Orchestrator
@@ -38,10 +35,10 @@ def backup_plan(orch: Orchestrator, week_start: date) -> BackupWeek:
     A service whose host cannot take backups, or that cannot fit, is
     reported with the reason; nothing is dropped silently.
     """
-    measured = _measured_backups(orch)
     jobs, skipped = [], []
     with orch.sessions() as session:
-        rows = session.execute(select(ServiceRow.id, ServiceRow.facts)).all()
+        measured = services.backup_seconds(session)
+        rows = services.stored_facts(session)
     for service_id, facts_json in rows:
         facts = Facts.from_json(facts_json)
         job, why = _backup_job(orch, facts, measured.get(service_id), week_start)
@@ -77,22 +74,6 @@ def _backup_limits(orch: Orchestrator) -> Limits:
         per_host={name: host.backup_limit for name, host in hosts.items()},
         per_storage=dict(orch.inventory.all.vars.storage_limits),
     )
-
-
-def _measured_backups(orch: Orchestrator) -> dict[str, float]:
-    """Each service's last backup's length, from the journal."""
-    found: dict[str, float] = {}
-    query = (
-        select(StepRow.service_id, StepRow.result)
-        .where(StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE)
-        .order_by(StepRow.id)
-    )
-    with orch.sessions() as session:
-        for service_id, result in session.execute(query):
-            seconds = json.loads(result or "{}").get("seconds")
-            if isinstance(seconds, int | float):
-                found[service_id] = float(seconds)
-    return found
 
 
 def schedule_backups(
@@ -146,11 +127,8 @@ def verify_sample(
 ) -> list[StepReport]:
     """Test restores of ``count`` services drawn from those with a finished backup on a
     host that can boot one; a random draw, so that over weeks every host is tried."""
-    query = select(StepRow.service_id, StepRow.host).where(
-        StepRow.kind == Action.BACKUP.value, StepRow.state == journal.DONE
-    )
     with orch.sessions() as session:
-        found = sorted({(str(s), str(h)) for s, h in session.execute(query)})
+        found = services.backed_up(session)
     bootable = [
         service_id
         for service_id, host in found

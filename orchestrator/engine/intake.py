@@ -14,7 +14,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,14 +23,12 @@ from orchestrator.core.lifecycle import Verdict
 from orchestrator.core.policy import REVIEW_HOLD, Policy
 from orchestrator.engine.reports import IngestReport
 from orchestrator.run import notify
-from orchestrator.state import audit, ingest, ipam, journal
+from orchestrator.state import audit, ingest, ipam, journal, services
 from orchestrator.state.models import EventRow, ServiceRow
 
 if TYPE_CHECKING:
     from orchestrator.engine.orchestrator import Orchestrator
 
-# The phase a service has been applied in before anything was: nothing made yet.
-NEW = "new"
 VerdictOf = Callable[[Facts], Verdict]
 
 
@@ -130,9 +127,7 @@ def _validate(orch: Orchestrator, session: Session, events: list[Event]) -> None
             _check_created(orch, event.data)
             created[event.service] = event.data.policy
             continue
-        policy_name = created.get(event.service) or session.scalar(
-            select(ServiceRow.policy).where(ServiceRow.id == event.service)
-        )
+        policy_name = created.get(event.service) or services.policy_of(session, event.service)
         if policy_name is None:
             raise EventError(f"event {event.id}: unknown service {event.service!r}")
         _check_names(event, orch.policies[policy_name])
@@ -164,12 +159,12 @@ def _check_names(event: Event, policy: Policy) -> None:
 def refresh(orch: Orchestrator, session: Session, service_id: str, now: datetime) -> None:
     """Facts anew from every event of the service, with what the journal and the
     review list add: when its data was purged, payments held for review."""
-    rows = session.scalars(select(EventRow.body).where(EventRow.service_id == service_id))
-    facts = derive_facts(service_id, (Event.model_validate_json(body) for body in rows))
+    bodies = services.event_bodies(session, service_id)
+    facts = derive_facts(service_id, (Event.model_validate_json(body) for body in bodies))
     row = session.get(ServiceRow, service_id)
     fresh = row is None
     if row is None:
-        row = ServiceRow(id=service_id, applied_phase=NEW, attention="[]")
+        row = ServiceRow(id=service_id, applied_phase=services.NEW, attention="[]")
     row.customer, row.policy, row.product, row.host = (
         facts.customer,
         facts.policy,

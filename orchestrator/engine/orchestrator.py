@@ -47,7 +47,7 @@ from orchestrator.run.executor import StepReport
 from orchestrator.run.guards import Breaker
 from orchestrator.secrets.credentials import resolve
 from orchestrator.secrets.evidence import Signer
-from orchestrator.state import journal
+from orchestrator.state import journal, services
 from orchestrator.state.models import StepRow
 
 DriverFactory = Callable[[str, HostVars], ComputeDriver]
@@ -108,11 +108,10 @@ class Orchestrator:
     def plan(self, now: datetime) -> Iterator[ServicePlan]:
         return tick.plan(self, now)
 
-    def due(self, now: datetime, session: Session) -> list[str]:
-        return tick.due(now, session)
-
     def next_due(self) -> datetime | None:
-        return tick.next_due(self)
+        """When the earliest service next needs attention."""
+        with self.sessions() as session:
+            return services.next_due(session)
 
     def apply(self, now: datetime, yes: bool = False, actor: str = "scheduler") -> ApplyReport:
         return tick.apply(self, now, yes, actor)

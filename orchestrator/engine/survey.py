@@ -6,16 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from drivers.base import DriverError, ServiceRef
 from orchestrator.core.facts import Facts
 from orchestrator.core.steps import Action
-from orchestrator.engine import intake
 from orchestrator.engine.reports import Drift, HandOver
 from orchestrator.engine.tick import steps_for
-from orchestrator.state.models import ServiceRow, StepRow
+from orchestrator.state import services
 
 if TYPE_CHECKING:
     from orchestrator.engine.orchestrator import Orchestrator
@@ -26,7 +24,7 @@ def sync(orch: Orchestrator, now: datetime) -> list[str]:
     drifted = [d.service_id for d in drift(orch, now) if d.corrections]
     if drifted:
         with orch.sessions.begin() as session:
-            session.execute(update(ServiceRow).where(ServiceRow.id.in_(drifted)).values(next_at=now))
+            services.make_due(session, drifted, now)
     return drifted
 
 
@@ -37,9 +35,7 @@ def drift(orch: Orchestrator, now: datetime) -> list[Drift]:
     reported with no corrections: unknown is not the same as wrong.
     """
     with orch.sessions() as session:
-        ids = list(
-            session.scalars(select(ServiceRow.id).where(ServiceRow.applied_phase != intake.NEW))
-        )
+        ids = services.applied(session)
     found = (_drift_of(orch, service_id, now) for service_id in ids)
     return [d for d in found if d is not None]
 
@@ -67,9 +63,7 @@ def hand_overs(orch: Orchestrator, now: datetime) -> list[HandOver]:
     hardware is the customer's, so this is a list for people, not a wipe.
     """
     with orch.sessions() as session:
-        rows = session.execute(
-            select(ServiceRow.id, ServiceRow.facts).where(ServiceRow.product == "colocation")
-        ).all()
+        rows = services.stored_facts(session, "colocation")
         found = [_hand_over(orch, session, Facts.from_json(raw), now) for _, raw in rows]
     return sorted((h for h in found if h is not None), key=lambda h: h.deadline)
 
@@ -86,12 +80,7 @@ def _hand_over(
     if not deadlines:
         return None
     deadline, entry = deadlines[-1]
-    step = session.scalar(
-        select(StepRow.state)
-        .where(StepRow.service_id == facts.service_id, StepRow.kind == Action.HAND_OVER)
-        .order_by(StepRow.id.desc())
-        .limit(1)
-    )
+    step = services.last_step_state(session, facts.service_id, Action.HAND_OVER)
     uplink = orch.inventory.hosts()[facts.host].uplink
     return HandOver(
         facts.service_id,

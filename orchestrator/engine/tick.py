@@ -10,12 +10,10 @@ phase as applied once no step of the service is open.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from drivers.base import DriverError, Observed, Power, ServiceRef
@@ -28,8 +26,8 @@ from orchestrator.engine import intake
 from orchestrator.engine.reports import ApplyReport, ServicePlan
 from orchestrator.run import actions, guards
 from orchestrator.run.executor import Executor
-from orchestrator.state import audit, ipam, journal
-from orchestrator.state.models import AddressRow, MetaRow, ServiceRow, StepRow
+from orchestrator.state import audit, ipam, journal, services
+from orchestrator.state.models import MetaRow, ServiceRow, StepRow
 
 if TYPE_CHECKING:
     from orchestrator.engine.orchestrator import Orchestrator
@@ -59,13 +57,8 @@ class Verdicts:
 def plan(orch: Orchestrator, now: datetime) -> Iterator[ServicePlan]:
     """What would happen at ``now`` to every service, assuming the last applied state."""
     with orch.sessions() as session:
-        held = _addresses_by_service(session)
-        rows = session.execute(
-            select(ServiceRow.id, ServiceRow.applied_phase, ServiceRow.facts).execution_options(
-                yield_per=5000
-            )
-        )
-        for service_id, applied, facts_json in rows:
+        held = services.addresses_by_service(session)
+        for service_id, applied, facts_json in services.planning_rows(session):
             facts = Facts.from_json(facts_json)
             found = plan_one(orch, facts, applied, held.get(service_id, ()), now)
             if found.steps:
@@ -79,34 +72,12 @@ def plan_one(
     was_purged = applied == Phase.PURGED.value
     observed = (
         Observed(Power.ABSENT)
-        if applied == intake.NEW
+        if applied == services.NEW
         else assumed(Phase(applied), verdict.suspend_method, was_purged)
     )
     current = Current(observed, held, was_purged)
     steps = reconcile(facts.service_id, verdict, current, facts.revision)
     return ServicePlan(facts.service_id, facts.policy, facts.product, verdict.phase, applied, steps)
-
-
-def _addresses_by_service(session: Session) -> dict[str, tuple[str, ...]]:
-    found: dict[str, list[str]] = defaultdict(list)
-    query = select(AddressRow.service_id, AddressRow.address).where(
-        AddressRow.service_id.is_not(None)
-    )
-    for service_id, address in session.execute(query):
-        found[str(service_id)].append(address)
-    return {k: tuple(sorted(v)) for k, v in found.items()}
-
-
-def due(now: datetime, session: Session) -> list[str]:
-    """Services whose next transition has come: an indexed range read."""
-    query = select(ServiceRow.id).where(ServiceRow.next_at <= now).order_by(ServiceRow.next_at)
-    return list(session.scalars(query))
-
-
-def next_due(orch: Orchestrator) -> datetime | None:
-    """When the earliest service next needs attention."""
-    with orch.sessions() as session:
-        return session.scalar(select(func.min(ServiceRow.next_at)))
 
 
 def apply(orch: Orchestrator, now: datetime, yes: bool, actor: str) -> ApplyReport:
@@ -115,14 +86,14 @@ def apply(orch: Orchestrator, now: datetime, yes: bool, actor: str) -> ApplyRepo
     verdicts = Verdicts(orch.policies, now)
     reconciled: dict[str, int] = {}
     with orch.sessions() as session:
-        services = due(now, session)
-    for service_id in services:
+        due = services.due(session, now)
+    for service_id in due:
         report.planned += journal_service(
             orch, service_id, now, report, reconciled, actor, verdicts
         )
     runnable = _admit(orch, now, yes)
     report.steps = executor(orch, now, yes, verdicts).run(runnable, now)
-    for service_id in dict.fromkeys([*services, *(s.service_id for s in runnable)]):
+    for service_id in dict.fromkeys([*due, *(s.service_id for s in runnable)]):
         _settle(orch, service_id, now, reconciled.get(service_id), verdicts)
     with orch.sessions.begin() as session:
         session.merge(MetaRow(key="last_tick", value=now.isoformat()))

@@ -13,7 +13,7 @@ from orchestrator.core.events import EventError
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.state import audit, ipam
+from orchestrator.state import audit, ipam, services
 from orchestrator.state.models import AuditRow, Base, EventRow, ServiceRow
 from tests.conftest import created, events, invoice, wib
 
@@ -70,13 +70,13 @@ def test_next_transition_is_precomputed_and_indexed(
     orch.seed_pools()
     orch.ingest(events(created(sid), invoice(sid, "2026-12-01")), wib(2026, 11, 20))
     with orch.sessions() as session:  # new facts: due at once, to be reconciled
-        assert orch.due(wib(2026, 11, 20), session) == [sid]
+        assert services.due(session, wib(2026, 11, 20)) == [sid]
     orch.apply(wib(2026, 11, 20))
     with orch.sessions() as session:  # applied: nothing until the day after the due date
         row = session.get(ServiceRow, sid)
         assert row is not None and row.next_at == wib(2026, 12, 2)
-        assert orch.due(wib(2026, 12, 1), session) == []
-        assert orch.due(wib(2026, 12, 2), session) == [sid]
+        assert services.due(session, wib(2026, 12, 1)) == []
+        assert services.due(session, wib(2026, 12, 2)) == [sid]
     with store_engine.connect() as connection:
         if store_engine.dialect.name == "sqlite":
             plan = " ".join(
