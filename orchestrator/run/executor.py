@@ -131,7 +131,8 @@ class Executor:
         if self._fence.epoch is not None and step.epoch == self._fence.epoch:
             return self._report(step, SKIPPED, "running under this leader")
         if self._maybe_in_flight(step, now):
-            return self._report(step, SKIPPED, f"its leader of epoch {step.epoch} may be in it")
+            holder = f"its leader of epoch {step.epoch}" if step.epoch else "an unfenced command"
+            return self._report(step, SKIPPED, f"{holder} may be in it")
         return None
 
     def _no_longer_wanted(self, step: StepRow) -> bool:
@@ -143,9 +144,16 @@ class Executor:
             return False
 
     def _maybe_in_flight(self, step: StepRow, now: datetime) -> bool:
-        """An older leader's claim it has not let go of (fenced_at), within the grace."""
+        """An older leader's claim it has not let go of (fenced_at), within the grace; or,
+        for a leader, an unfenced command's claim (an operator's restore) within its own."""
+        if step.epoch is None:
+            started = step.started_at
+            unfenced_grace = self._fence.unfenced_grace
+            return self._fence.epoch is not None and started is not None and (
+                now < started + unfenced_grace
+            )
         since = self._fence.since
-        if step.epoch is None or step.fenced_at is not None or since is None:
+        if step.fenced_at is not None or since is None:
             return False
         return now < since + self._fence.orphan_grace
 

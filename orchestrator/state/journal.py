@@ -72,6 +72,10 @@ class Fence:
     held: Callable[[], bool]
     orphan_grace: timedelta = timedelta(0)
     since: datetime | None = None
+    # An operator's restore or test restore from the CLI runs unfenced (the daemon
+    # may lead meanwhile); a leader leaves such a step running this long after its
+    # start before it takes it for a crash, so one restore never runs twice at once.
+    unfenced_grace: timedelta = timedelta(hours=6)
 
 
 # A run that took no leadership (tests, the library): claims carry no epoch.

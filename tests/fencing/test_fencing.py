@@ -20,6 +20,8 @@ from drivers.base import Outcome, ServiceRef
 from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.policy import Policy
+from orchestrator.core.reconcile import StepSpec
+from orchestrator.core.steps import Action
 from orchestrator.engine import Orchestrator
 from orchestrator.faces.daemon import advisory_keys, leadership_for
 from orchestrator.state import journal
@@ -205,3 +207,28 @@ def test_a_step_its_old_leader_may_still_be_in_is_left_until_the_grace_ends(
     report = o.apply(now + grace)
     assert [(s.kind, s.state) for s in report.steps] == [("terminate", "done"), ("purge", "done")]
     assert _changes(tmp_path) == ["archive", "purge"]
+
+
+def test_an_operators_restore_running_unfenced_is_left_alone_by_the_leader(
+    orch: tuple[Orchestrator, Midway], tmp_path: Path
+) -> None:
+    """``backups restore`` from the CLI runs unfenced while the daemon may lead; the
+    leader's tick must not run the same restore again beside it, until its grace says
+    the command died."""
+    o, _ = orch
+    now = datetime.now(UTC)
+    spec = StepSpec(SERVICE, Action.RESTORE_BACKUP, f"{SERVICE}:restore:x", True, {}, "by hand")
+    with o.sessions.begin() as session:
+        row = journal.schedule(session, spec, "kvm-jkt-1", now, None)
+        assert row is not None
+        session.flush()
+        assert journal.claim(session, row.id, "pending", now, None)  # the CLI, inside the call
+    o.fence = journal.Fence(_take_epoch(o), lambda: True, since=now)
+    report = o.apply(now + timedelta(minutes=10))
+    restores = [s for s in report.steps if s.kind == "restore_backup"]
+    assert [(s.state, s.detail) for s in restores] == [
+        ("skipped", "an unfenced command may be in it")
+    ]
+    assert "restore_backup" not in [c["call"] for c in calls(tmp_path)]
+    later = o.apply(now + o.fence.unfenced_grace + timedelta(minutes=1))
+    assert [s.state for s in later.steps if s.kind == "restore_backup"] != ["skipped"]
