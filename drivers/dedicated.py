@@ -35,12 +35,12 @@ from drivers.base import (
     Outcome,
     PermanentError,
     Power,
+    Secret,
     ServiceRef,
     Unsupported,
 )
 from drivers.ipmi import Bmc, BootDevice, IpmiPower
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.secrets.credentials import resolve
 
 NETWORK_BOOT = frozenset({"pxe"})
 
@@ -57,6 +57,7 @@ class DedicatedCompute(ComputeDriver):
             Capability.ERASE_RECORDS,
         }
     )
+    secret_options = frozenset({"bmc_password", "ssh_key"})
 
     def __init__(
         self,
@@ -64,9 +65,9 @@ class DedicatedCompute(ComputeDriver):
         *,
         host: str = "",
         bmc_user: str = "admin",
-        bmc_password: str,
+        bmc_password: Secret,
         ssh_address: str,
-        ssh_key: str,
+        ssh_key: Secret,
         ssh_user: str = "root",
         host_keys: list[str] | None = None,
         known_hosts: str | None = None,
@@ -84,23 +85,12 @@ class DedicatedCompute(ComputeDriver):
         if address.scheme != "ipmi" or not address.hostname:
             raise PermanentError(f"a dedicated box's uri is ipmi://BMC[:PORT], not {uri!r}")
         self.host = host = host or address.netloc
-        bmc = Bmc(
-            address.hostname,
-            address.port or 623,
-            bmc_user,
-            resolve(bmc_password, what=f"{host} bmc_password"),
-        )
+        bmc = Bmc(address.hostname, address.port or 623, bmc_user, bmc_password)
         self.power = IpmiPower(
             {host: bmc}, timeout=bmc_timeout, min_interval=bmc_min_interval,
             dead_for=bmc_set_aside,
         )
-        target = SshTarget(
-            ssh_address,
-            ssh_user,
-            resolve(ssh_key, what=f"{host} ssh_key"),
-            tuple(host_keys or ()),
-            Path(known_hosts) if known_hosts else None,
-        )
+        target = SshTarget.pinned(ssh_address, ssh_user, ssh_key, host_keys, known_hosts)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({host: target}, Path(artifacts))
         self.purge_devices = purge_devices

@@ -40,7 +40,6 @@ that holds.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,7 +60,6 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.proxmox_api import PveApi, TaskFailed
-from orchestrator.secrets.credentials import resolve
 
 IPSET = "ipfilter-net0"
 VMID_TAKEN = re.compile(r"VM \d+: config file already exists|VM \d+ already exists")
@@ -110,14 +108,12 @@ class ProxmoxCompute(ComputeDriver):
         }
     )
 
+    secret_options = frozenset({"token_secret"})
+
     def __init__(
         self,
         uri: str,
         *,
-        user: str,
-        token_name: str,
-        token_secret: str,
-        verify: str | bool = True,
         template: str,
         storage: str = "local-lvm",
         backup_storage: str = "local",
@@ -125,22 +121,11 @@ class ProxmoxCompute(ComputeDriver):
         linked_clone: bool = False,
         nodes: list[str] | None = None,
         shutdown_timeout: int = 60,
-        task_timeout: float = 900.0,
-        lock_patience: float = 300.0,
-        poll: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **api: Any,
     ) -> None:
-        self.api = PveApi(
-            uri,
-            user=user,
-            token_name=token_name,
-            token_secret=resolve(token_secret, what=f"{uri} token_secret"),
-            verify=verify,
-            task_timeout=task_timeout,
-            lock_patience=lock_patience,
-            poll=poll,
-            sleep=sleep,
-        )
+        """``api`` is how to reach the cluster: ``PveApi``'s options (user, token_name,
+        token_secret, verify, the timeouts, poll, sleep)."""
+        self.api = PveApi(uri, **api)
         self.template = template
         self.storage = storage
         self.backup_storage = backup_storage
@@ -562,20 +547,6 @@ class ProxmoxCompute(ComputeDriver):
         self.api.put(path, protected=0)
         self.api.task(f"delete backup {volid}", lambda: self.api.delete(path))
         return Outcome(True, Observed(Power.ABSENT), f"deleted {volid}")
-
-    def prune(self, ref: ServiceRef, keep: str) -> list[dict[str, Any]]:
-        """Proxmox's own prune of the service's backups (``keep`` as prune-backups)."""
-        guest = self._require(ref)
-        marks: list[dict[str, Any]] = []
-        options = {"prune-backups": keep, "type": "qemu", "vmid": guest.vmid}
-        for node, storage in self._storages("backup"):
-            marks += self._prune_on(f"nodes/{node}/storage/{storage}/prunebackups", options)
-        return marks
-
-    def _prune_on(self, path: str, options: dict[str, Any]) -> list[dict[str, Any]]:
-        marks: list[dict[str, Any]] = self.api.get(path, **options)
-        self.api.task(f"prune {options['vmid']}", lambda: self.api.delete(path, **options))
-        return marks
 
     def _vzdump(self, guest: Guest, mode: str, notes: str) -> str:
         """Back up the guest; returns the new archive's ``node/volid``."""

@@ -33,8 +33,7 @@ from urllib.parse import urlsplit
 import proxmoxer
 import requests
 
-from drivers.base import DriverError, PermanentError, TemporaryError
-from orchestrator.secrets.credentials import Secret
+from drivers.base import DriverError, PermanentError, Secret, TemporaryError
 
 LOCKED = re.compile(r"is locked \(([\w-]+)\)")
 UNREACHABLE = {502, 503, 504, 595, 596}

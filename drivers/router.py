@@ -30,10 +30,10 @@ from drivers.base import (
     PermanentError,
     PortState,
     Power,
+    Secret,
     TemporaryError,
 )
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.secrets.credentials import resolve
 
 # A Linux interface name: at most 15 characters, none that a shell would read.
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
@@ -43,12 +43,13 @@ SEPARATOR = "@@orchestrator@@"
 
 class RouterNetwork(NetworkDriver):
     capabilities = frozenset({Capability.ROUTE_ADDRESSES, Capability.SWITCH_PORT})
+    secret_options = frozenset({"ssh_key"})
 
     def __init__(
         self,
         *,
         address: str,
-        ssh_key: str,
+        ssh_key: Secret,
         name: str = "router",
         ssh_user: str = "root",
         ssh_port: int = 22,
@@ -57,14 +58,7 @@ class RouterNetwork(NetworkDriver):
         artifacts: str = "/var/lib/orchestrator/runs",
     ) -> None:
         self.name = name
-        target = SshTarget(
-            address,
-            ssh_user,
-            resolve(ssh_key, what=f"{name} ssh_key"),
-            tuple(host_keys or ()),
-            Path(known_hosts) if known_hosts else None,
-            ssh_port,
-        )
+        target = SshTarget.pinned(address, ssh_user, ssh_key, host_keys, known_hosts, ssh_port)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({name: target}, Path(artifacts))
         self._lock = threading.Lock()

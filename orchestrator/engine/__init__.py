@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import threading
 import time as clock
 import uuid
 from collections import defaultdict
@@ -35,14 +34,12 @@ from drivers.base import (
     Power,
     ServiceRef,
     Uplink,
-    load_compute,
-    load_network,
 )
 from orchestrator.core import backups
 from orchestrator.core.backup_schedule import BackupJob, Limits, Plan, Week, Window, schedule_week
 from orchestrator.core.events import AbuseReported, Event, EventError, HoldPlaced, ServiceCreated
 from orchestrator.core.facts import Facts, derive_facts
-from orchestrator.core.inventory import HostVars, Inventory, Router
+from orchestrator.core.inventory import Inventory
 from orchestrator.core.lifecycle import Phase, Verdict, lifecycle
 from orchestrator.core.policy import REVIEW_HOLD, Policy
 from orchestrator.core.reconcile import (
@@ -53,19 +50,17 @@ from orchestrator.core.reconcile import (
     assumed,
     reconcile,
 )
+from orchestrator.engine import wiring
+from orchestrator.engine.wiring import DriverFactory, NetworkFactory
 from orchestrator.run import actions, notify
 from orchestrator.run.executor import Executor, ExecutorSettings, StepReport
 from orchestrator.run.guards import Breaker, BreakerSettings, covering_hold, still_warranted
-from orchestrator.secrets.credentials import resolve
 from orchestrator.secrets.evidence import Signer
 from orchestrator.state import audit, ingest, ipam, journal
 from orchestrator.state.models import AddressRow, EventRow, MetaRow, ServiceRow, StepRow
 
 log = logging.getLogger("orchestrator")
 NEW = "new"
-DriverFactory = Callable[[str, HostVars], ComputeDriver]
-# The network driver of one router of the inventory, by its name and variables.
-NetworkFactory = Callable[[str, Router], NetworkDriver]
 
 
 ERASE_SIGNING_KEY = "ORCHESTRATOR_ERASE_SIGNING_KEY"
@@ -146,10 +141,6 @@ class ApplyReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def _default_networks(name: str, router: Router) -> NetworkDriver:
-    return load_network(router.driver, **{"name": name, **router.options})
-
-
 class Orchestrator:
     def __init__(
         self,
@@ -159,17 +150,14 @@ class Orchestrator:
         settings: Settings | None = None,
         drivers: DriverFactory | None = None,
         sleep: Callable[[float], None] = clock.sleep,
-        networks: NetworkFactory = _default_networks,
+        networks: NetworkFactory = wiring.network_driver,
     ) -> None:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.policies, self.inventory = policies, inventory
         self.settings = settings or Settings()
         self.breaker = Breaker(self.settings.breaker)
-        self._driver_factory = drivers or self._default_driver
-        self._network_factory, self._sleep = networks, sleep
-        self._drivers: dict[str, ComputeDriver] = {}
-        self._networks: dict[str, NetworkDriver] = {}
-        self._networks_lock = threading.Lock()
+        self._sleep = sleep
+        self.wiring = wiring.Wiring(inventory, drivers, networks)
         # Set by whoever took the leadership (the daemon, a cron run): claims carry its epoch.
         self.fence = journal.UNFENCED
 
@@ -819,35 +807,19 @@ class Orchestrator:
             lanes[f"storage@{storage}"] = limit
         return lanes
 
+    # -- drivers: made and kept by the wiring (orchestrator/engine/wiring.py) ------
+
     def _signer(self, driver: ComputeDriver) -> Signer | None:
-        if Capability.ERASE_RECORDS not in driver.capabilities:
-            return None
-        if self.settings.erase_signing_key is None:
-            return None
-        return Signer(resolve(self.settings.erase_signing_key, what="erase signing key"))
+        return wiring.signer(driver, self.settings.erase_signing_key)
 
     def driver(self, host: str) -> ComputeDriver:
-        if host not in self._drivers:
-            self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
-        return self._drivers[host]
-
-    def _default_driver(self, name: str, host: HostVars) -> ComputeDriver:
-        return load_compute(host.driver, self.uplink(name), uri=host.uri, **host.options)
+        return self.wiring.driver(host)
 
     def uplink(self, host: str) -> Uplink | None:
-        """The router port a host hangs off, with that router's driver; None if it names none."""
-        found = self.inventory.hosts()[host].uplink
-        if found is None:
-            return None
-        return Uplink(self.network(found.router), found.router, found.port)
+        return self.wiring.uplink(host)
 
     def network(self, router: str) -> NetworkDriver:
-        """One driver per router, made when first needed and kept (it serialises its changes)."""
-        with self._networks_lock:  # executor threads: two drivers would not share one lock
-            if router not in self._networks:
-                vars_ = self.inventory.routers[router]
-                self._networks[router] = self._network_factory(router, vars_)
-            return self._networks[router]
+        return self.wiring.network(router)
 
 
 def _event_row(event: Event, now: datetime) -> EventRow:
