@@ -332,7 +332,7 @@ class RunnerDriver(ABC):
 # Drivers are registered here by name, loaded only when asked for, so the
 # core and the tests of the pure core never import a protocol library.
 COMPUTE_DRIVERS: dict[str, str] = {
-    "libvirt": "drivers.libvirt_compute:LibvirtCompute",
+    "libvirt": "drivers.libvirt:LibvirtCompute",
     "ipmi": "drivers.dedicated:DedicatedCompute",
     "proxmox": "drivers.proxmox:ProxmoxCompute",
     "colo": "drivers.colo:ColoCompute",
