@@ -66,6 +66,9 @@ class DedicatedCompute(ComputeDriver):
         host: str = "",
         bmc_user: str = "admin",
         bmc_password: Secret,
+        bmc_timeout: float = 20.0,
+        bmc_set_aside: float = 60.0,
+        bmc_min_interval: float = 0.1,
         ssh_address: str,
         ssh_key: Secret,
         ssh_user: str = "root",
@@ -75,9 +78,6 @@ class DedicatedCompute(ComputeDriver):
         artifacts: str = "/var/lib/orchestrator/runs",
         shutdown_timeout: float = 120.0,
         boot_timeout: float = 600.0,
-        bmc_timeout: float = 20.0,
-        bmc_set_aside: float = 60.0,
-        bmc_min_interval: float = 0.1,
         poll: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -90,7 +90,7 @@ class DedicatedCompute(ComputeDriver):
             {host: bmc}, timeout=bmc_timeout, min_interval=bmc_min_interval,
             dead_for=bmc_set_aside,
         )
-        target = SshTarget.pinned(ssh_address, ssh_user, ssh_key, host_keys, known_hosts)
+        target = SshTarget.pinned(ssh_address, ssh_key, ssh_user, host_keys, known_hosts)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({host: target}, Path(artifacts))
         self.purge_devices = purge_devices

@@ -71,21 +71,16 @@ SIZE_GIB = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024, "": 1 / 1024
 
 @dataclass(frozen=True)
 class Guest:
-    """Where a service's VM is: enough to address it in the API."""
+    """Where a VM is in the cluster: enough to address it in the API; ``shared``, for a
+    template, whether its disk is on storage every node reaches (clones go anywhere)."""
 
     node: str
     vmid: int
+    shared: bool = False
 
     @property
     def path(self) -> str:
         return f"nodes/{self.node}/qemu/{self.vmid}"
-
-
-@dataclass(frozen=True)
-class Template:
-    node: str
-    vmid: int
-    shared: bool
 
 
 class ProxmoxCompute(ComputeDriver):
@@ -146,13 +141,13 @@ class ProxmoxCompute(ComputeDriver):
             raise PermanentError(f"{ref.name}: several VMs carry this name ({ids}); fix by hand")
         return Guest(found[0]["node"], int(found[0]["vmid"])) if found else None
 
-    def _templates(self) -> list[Template]:
+    def _templates(self) -> list[Guest]:
         templates = []
         for vm in self.api.get("cluster/resources", type="vm"):
             if vm.get("template") and vm.get("name") == self.template:
                 config = self.api.get(f"nodes/{vm['node']}/qemu/{vm['vmid']}/config")
                 storage = str(config.get(self.disk, "")).split(":", 1)[0]
-                templates.append(Template(vm["node"], int(vm["vmid"]), self._shared(storage)))
+                templates.append(Guest(vm["node"], int(vm["vmid"]), self._shared(storage)))
         if not templates:
             raise PermanentError(f"no template named {self.template!r} in the cluster")
         return templates
@@ -163,7 +158,7 @@ class ProxmoxCompute(ComputeDriver):
             for s in self.api.get("cluster/resources", type="storage")
         )
 
-    def _placement(self, spec: MachineSpec) -> tuple[Template, str]:
+    def _placement(self, spec: MachineSpec) -> tuple[Guest, str]:
         """The template to clone and the node to clone onto: the most free memory wins."""
         templates = self._templates()
         # PVE clones onto another node only from a template on shared storage and onto

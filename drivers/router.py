@@ -30,7 +30,6 @@ from drivers.base import (
     PermanentError,
     PortState,
     Power,
-    Secret,
     TemporaryError,
 )
 from drivers.ssh import SshRunner, SshTarget
@@ -46,19 +45,12 @@ class RouterNetwork(NetworkDriver):
     secret_options = frozenset({"ssh_key"})
 
     def __init__(
-        self,
-        *,
-        address: str,
-        ssh_key: Secret,
-        name: str = "router",
-        ssh_user: str = "root",
-        ssh_port: int = 22,
-        host_keys: list[str] | None = None,
-        known_hosts: str | None = None,
-        artifacts: str = "/var/lib/orchestrator/runs",
+        self, *, name: str = "router", artifacts: str = "/var/lib/orchestrator/runs", **ssh: Any
     ) -> None:
+        """``ssh`` is how to reach the router, as ``SshTarget.pinned`` takes it: address,
+        ssh_key (a ``Secret``), ssh_user, ssh_port, host_keys, known_hosts."""
         self.name = name
-        target = SshTarget.pinned(address, ssh_user, ssh_key, host_keys, known_hosts, ssh_port)
+        target = SshTarget.pinned(**ssh)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({name: target}, Path(artifacts))
         self._lock = threading.Lock()

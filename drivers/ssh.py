@@ -44,15 +44,15 @@ class SshTarget:
     def pinned(
         cls,
         address: str,
-        user: str,
-        key: Secret,
+        ssh_key: Secret,
+        ssh_user: str = "root",
         host_keys: list[str] | None = None,
         known_hosts: str | None = None,
-        port: int = 22,
+        ssh_port: int = 22,
     ) -> SshTarget:
-        """A target as the inventory writes one: host keys a list, known_hosts a path."""
+        """A target in the inventory's words: host keys a list, known_hosts a path."""
         known = Path(known_hosts) if known_hosts else None
-        return cls(address, user, key, tuple(host_keys or ()), known, port)
+        return cls(address, ssh_user, ssh_key, tuple(host_keys or ()), known, ssh_port)
 
 
 class SshRunner:

@@ -136,15 +136,13 @@ SUBSET_ENDPOINTS = [
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every (method, path) the driver sends while a test runs."""
     seen: list[tuple[str, str]] = []
-    for method in ("get", "post", "put", "delete"):
-        original = getattr(PveApi, method)
+    original = PveApi.call
 
-        def recording(self: PveApi, path: str, *args: Any, _m: str = method,
-                      _f: Any = original, **kwargs: Any) -> Any:
-            seen.append((_m.upper(), "/" + path.strip("/")))
-            return _f(self, path, *args, **kwargs)
+    def recording(self: PveApi, method: str, path: str, **kwargs: Any) -> Any:
+        seen.append((method, "/" + path.strip("/")))
+        return original(self, method, path, **kwargs)
 
-        monkeypatch.setattr(PveApi, method, recording)
+    monkeypatch.setattr(PveApi, "call", recording)
     return seen
 
 
@@ -302,8 +300,9 @@ def test_proxmox_prune_keeps_what_our_prune_keeps(
     }
     vm = vm_named(pve, ref.name)
     assert vm is not None
-    storage = pve.client().nodes(vm["node"]).storage("local")
-    storage.prunebackups.delete(vmid=vm["vmid"], type="qemu", **{"prune-backups": rules})
+    path, options = f"nodes/{vm['node']}/storage/local/prunebackups", {"prune-backups": rules}
+    driver.api.task("prune", lambda: driver.api.delete(path, vmid=vm["vmid"], type="qemu",
+                                                       **options))  # waits for the task
     assert {b.backup_id for b in driver.backups(ref)} == expected
     assert len(expected) < len(before)
     assert_checked_by_the_emulator_tests(calls)
