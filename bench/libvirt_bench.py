@@ -2,12 +2,11 @@
 
     bash lab/libvirt.sh up && .venv/bin/python bench/libvirt_bench.py --guests 20
 
-For N guests, the same work twice: create and start, snapshot, delete.
+For N guests, the same work twice: create and start, delete.
 Through the orchestrator: billing events in, ``apply`` (journal, guards,
-executor, driver), snapshots through the host's driver, and deletion as a
-purge (wipe, verified by samples, then delete). Bare: the libvirt calls a
-hand-written script would make (define, start, snapshot, destroy, undefine,
-delete the volume), one guest after another. Prints both and the ratio.
+executor, driver), and deletion as a purge (wipe, verified by samples, then
+delete). Bare: the libvirt calls a hand-written script would make (define,
+start, destroy, undefine, delete the volume), one guest after another. Prints both and the ratio.
 The orchestrator wipes before it deletes and proves the wipe; that is part
 of the overhead measured, on purpose.
 """
@@ -53,8 +52,6 @@ def through_orchestrator(ids: list[str], workdir: str) -> float:
     assert all(s.state == "done" for s in report.steps), report.steps
     driver = orch.driver("kvm-jkt-1")
     for service in ids:
-        driver.snapshot(ServiceRef(service, "kvm-jkt-1"), "bench")
-    for service in ids:
         driver.purge(ServiceRef(service, "kvm-jkt-1"))
     return time.perf_counter() - started
 
@@ -93,11 +90,9 @@ def bare(ids: list[str]) -> float:
         domain = conn.defineXML(_domain_xml(name, volume.path(), accel))
         domain.create()
         domains.append((domain, volume))
-    for domain, _ in domains:
-        domain.snapshotCreateXML("<domainsnapshot><name>bench</name></domainsnapshot>", 0)
     for domain, volume in domains:
         domain.destroy()
-        domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        domain.undefine()
         volume.delete(0)
     return time.perf_counter() - started
 
@@ -125,7 +120,7 @@ def main() -> None:
     print(f"accelerator: {(LAB / 'accel').read_text().strip()}")
     print(
         f"bare libvirt:     {bare_seconds:7.2f} s for {args.guests} guests "
-        "(create+start, snapshot, delete)"
+        "(create+start, delete)"
     )
     print(f"orchestrator:     {ours:7.2f} s for the same, with journal, guards and verified wipes")
     print(f"overhead ratio orchestrator/bare: {ours / bare_seconds:.2f}x")

@@ -27,7 +27,6 @@ import ansible_runner
 
 from drivers.base import Observed, Outcome, PermanentError, Power, RunnerDriver, TemporaryError
 from drivers.ssh import SshTarget
-from orchestrator.secrets.redact import redact, redact_text
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 
@@ -126,17 +125,21 @@ def _outcome(host: str, task: str, run_dir: Path, result: Any) -> Outcome:
     failures = _failures(result)
     message = f"{task} on {host} ended {result.status} (rc {result.rc}): {failures}"
     if result.status == "timeout" or _unreachable(result):
-        raise TemporaryError(redact_text(message), 300.0)
-    raise PermanentError(redact_text(message))
+        raise TemporaryError(message, 300.0)
+    raise PermanentError(message)
 
 
 def _task_results(result: Any) -> dict[str, Any]:
-    """Each task's returned values by task name (the module's own JSON), secrets redacted."""
+    """Each task's returned values by task name (the module's own JSON).
+
+    No secret is passed in as a variable, so none comes back; the caller's
+    boundary still redacts whatever it stores.
+    """
     found: dict[str, Any] = {}
     for event in result.events:
         data = event.get("event_data", {})
         if event.get("event") in ("runner_on_ok", "runner_on_failed") and "res" in data:
-            found[data.get("task", "?")] = redact(_plain(data["res"]))
+            found[data.get("task", "?")] = _plain(data["res"])
     return found
 
 

@@ -46,6 +46,37 @@ class Unsupported(DriverError):
     pass
 
 
+class Secret:
+    """A secret handed to a driver as a value: a password, a private key, an API token.
+
+    Whoever loads a driver resolves the inventory's reference and hands this
+    in; only ``reveal()`` gives the value, at the point of use, and ``str``
+    and ``repr`` are masked, so a secret formatted into a message by mistake
+    shows ``***``. ``source`` says where it came from, never what it is.
+    """
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str = "secret") -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.source})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+
 class Capability(StrEnum):
     CREATE = "create"
     SUSPEND_PAUSE = "suspend:pause"
@@ -142,6 +173,9 @@ class ComputeDriver(ABC):
     """A hypervisor (or a dedicated box's power) seen as machines with data."""
 
     capabilities: frozenset[Capability] = frozenset()
+    # Options whose inventory value names a secret: the loader resolves them and
+    # hands the driver a ``Secret``.
+    secret_options: frozenset[str] = frozenset()
     # A machine that is nothing but its uplink's port (a colocated box): the
     # loader hands it the host's ``Uplink``, and the core's routing of the
     # host's addresses to that port is its address binding.
@@ -263,6 +297,7 @@ class NetworkDriver(ABC):
     """
 
     capabilities: frozenset[Capability] = frozenset()
+    secret_options: frozenset[str] = frozenset()
 
     @abstractmethod
     def port_state(self, router: str, port: str) -> PortState: ...
@@ -297,7 +332,7 @@ class RunnerDriver(ABC):
 # Drivers are registered here by name, loaded only when asked for, so the
 # core and the tests of the pure core never import a protocol library.
 COMPUTE_DRIVERS: dict[str, str] = {
-    "libvirt": "drivers.libvirt_compute:LibvirtCompute",
+    "libvirt": "drivers.libvirt:LibvirtCompute",
     "ipmi": "drivers.dedicated:DedicatedCompute",
     "proxmox": "drivers.proxmox:ProxmoxCompute",
     "colo": "drivers.colo:ColoCompute",
@@ -319,9 +354,24 @@ def _driver_class(registry: dict[str, str], name: str, what: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def compute_class(name: str) -> type[ComputeDriver]:
+    """The registered compute driver class, to read its declarations before loading it."""
+    found: type[ComputeDriver] = _driver_class(COMPUTE_DRIVERS, name, "compute")
+    return found
+
+
+def network_class(name: str) -> type[NetworkDriver]:
+    found: type[NetworkDriver] = _driver_class(NETWORK_DRIVERS, name, "network")
+    return found
+
+
 def load_compute(name: str, uplink: Uplink | None = None, **options: Any) -> ComputeDriver:
-    """A compute driver; one that is its uplink's port (colocation) also gets the uplink."""
-    driver_class = _driver_class(COMPUTE_DRIVERS, name, "compute")
+    """A compute driver; one that is its uplink's port (colocation) also gets the uplink.
+
+    Options named in the class's ``secret_options`` must already be ``Secret`` values.
+    """
+    driver_class: Any = compute_class(name)
+    _check_secrets(driver_class, options)
     if driver_class.behind_uplink:
         if uplink is None:
             raise PermanentError(f"a {name} host needs an uplink (router, port) in the inventory")
@@ -331,5 +381,16 @@ def load_compute(name: str, uplink: Uplink | None = None, **options: Any) -> Com
 
 
 def load_network(driver_name: str, **options: Any) -> NetworkDriver:
-    driver: NetworkDriver = _driver_class(NETWORK_DRIVERS, driver_name, "network")(**options)
+    driver_class: Any = network_class(driver_name)
+    _check_secrets(driver_class, options)
+    driver: NetworkDriver = driver_class(**options)
     return driver
+
+
+def _check_secrets(driver_class: Any, options: dict[str, Any]) -> None:
+    """A reference left unresolved is refused: a driver never reads the environment itself."""
+    for option in sorted(driver_class.secret_options & set(options)):
+        if not isinstance(options[option], Secret):
+            raise PermanentError(
+                f"{driver_class.__name__}: {option} must be handed in as a resolved Secret"
+            )

@@ -35,12 +35,12 @@ from drivers.base import (
     Outcome,
     PermanentError,
     Power,
+    Secret,
     ServiceRef,
     Unsupported,
 )
 from drivers.ipmi import Bmc, BootDevice, IpmiPower
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.secrets.credentials import resolve
 
 NETWORK_BOOT = frozenset({"pxe"})
 
@@ -57,6 +57,7 @@ class DedicatedCompute(ComputeDriver):
             Capability.ERASE_RECORDS,
         }
     )
+    secret_options = frozenset({"bmc_password", "ssh_key"})
 
     def __init__(
         self,
@@ -64,9 +65,12 @@ class DedicatedCompute(ComputeDriver):
         *,
         host: str = "",
         bmc_user: str = "admin",
-        bmc_password: str,
+        bmc_password: Secret,
+        bmc_timeout: float = 20.0,
+        bmc_set_aside: float = 60.0,
+        bmc_min_interval: float = 0.1,
         ssh_address: str,
-        ssh_key: str,
+        ssh_key: Secret,
         ssh_user: str = "root",
         host_keys: list[str] | None = None,
         known_hosts: str | None = None,
@@ -74,9 +78,6 @@ class DedicatedCompute(ComputeDriver):
         artifacts: str = "/var/lib/orchestrator/runs",
         shutdown_timeout: float = 120.0,
         boot_timeout: float = 600.0,
-        bmc_timeout: float = 20.0,
-        bmc_set_aside: float = 60.0,
-        bmc_min_interval: float = 0.1,
         poll: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -84,23 +85,12 @@ class DedicatedCompute(ComputeDriver):
         if address.scheme != "ipmi" or not address.hostname:
             raise PermanentError(f"a dedicated box's uri is ipmi://BMC[:PORT], not {uri!r}")
         self.host = host = host or address.netloc
-        bmc = Bmc(
-            address.hostname,
-            address.port or 623,
-            bmc_user,
-            resolve(bmc_password, what=f"{host} bmc_password"),
-        )
+        bmc = Bmc(address.hostname, address.port or 623, bmc_user, bmc_password)
         self.power = IpmiPower(
             {host: bmc}, timeout=bmc_timeout, min_interval=bmc_min_interval,
             dead_for=bmc_set_aside,
         )
-        target = SshTarget(
-            ssh_address,
-            ssh_user,
-            resolve(ssh_key, what=f"{host} ssh_key"),
-            tuple(host_keys or ()),
-            Path(known_hosts) if known_hosts else None,
-        )
+        target = SshTarget.pinned(ssh_address, ssh_key, ssh_user, host_keys, known_hosts)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({host: target}, Path(artifacts))
         self.purge_devices = purge_devices

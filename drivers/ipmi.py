@@ -60,10 +60,9 @@ from drivers.base import (
     PermanentError,
     Power,
     PowerDriver,
+    Secret,
     TemporaryError,
 )
-from orchestrator.secrets.credentials import Secret
-from orchestrator.secrets.redact import redact_text
 
 T = TypeVar("T")
 
@@ -290,7 +289,7 @@ def _who(bmc: Bmc, host: str) -> str:
 
 
 def _driver_error(bmc: Bmc, host: str, what: str, exc: Exception) -> Exception:
-    text = redact_text(str(exc)) if str(exc) not in ("", "None") else "no answer"
+    text = str(exc) if str(exc) not in ("", "None") else "no answer"
     message = f"{_who(bmc, host)}: {what} failed: {text}"
     if any(word in text.lower() for word in PERMANENT_WORDS):
         return PermanentError(message)

@@ -40,7 +40,6 @@ that holds.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,7 +60,6 @@ from drivers.base import (
     Unsupported,
 )
 from drivers.proxmox_api import PveApi, TaskFailed
-from orchestrator.secrets.credentials import resolve
 
 IPSET = "ipfilter-net0"
 VMID_TAKEN = re.compile(r"VM \d+: config file already exists|VM \d+ already exists")
@@ -73,21 +71,16 @@ SIZE_GIB = {"K": 1 / 1024 / 1024, "M": 1 / 1024, "G": 1, "T": 1024, "": 1 / 1024
 
 @dataclass(frozen=True)
 class Guest:
-    """Where a service's VM is: enough to address it in the API."""
+    """Where a VM is in the cluster: enough to address it in the API; ``shared``, for a
+    template, whether its disk is on storage every node reaches (clones go anywhere)."""
 
     node: str
     vmid: int
+    shared: bool = False
 
     @property
     def path(self) -> str:
         return f"nodes/{self.node}/qemu/{self.vmid}"
-
-
-@dataclass(frozen=True)
-class Template:
-    node: str
-    vmid: int
-    shared: bool
 
 
 class ProxmoxCompute(ComputeDriver):
@@ -110,14 +103,12 @@ class ProxmoxCompute(ComputeDriver):
         }
     )
 
+    secret_options = frozenset({"token_secret"})
+
     def __init__(
         self,
         uri: str,
         *,
-        user: str,
-        token_name: str,
-        token_secret: str,
-        verify: str | bool = True,
         template: str,
         storage: str = "local-lvm",
         backup_storage: str = "local",
@@ -125,22 +116,11 @@ class ProxmoxCompute(ComputeDriver):
         linked_clone: bool = False,
         nodes: list[str] | None = None,
         shutdown_timeout: int = 60,
-        task_timeout: float = 900.0,
-        lock_patience: float = 300.0,
-        poll: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
+        **api: Any,
     ) -> None:
-        self.api = PveApi(
-            uri,
-            user=user,
-            token_name=token_name,
-            token_secret=resolve(token_secret, what=f"{uri} token_secret"),
-            verify=verify,
-            task_timeout=task_timeout,
-            lock_patience=lock_patience,
-            poll=poll,
-            sleep=sleep,
-        )
+        """``api`` is how to reach the cluster: ``PveApi``'s options (user, token_name,
+        token_secret, verify, the timeouts, poll, sleep)."""
+        self.api = PveApi(uri, **api)
         self.template = template
         self.storage = storage
         self.backup_storage = backup_storage
@@ -161,13 +141,13 @@ class ProxmoxCompute(ComputeDriver):
             raise PermanentError(f"{ref.name}: several VMs carry this name ({ids}); fix by hand")
         return Guest(found[0]["node"], int(found[0]["vmid"])) if found else None
 
-    def _templates(self) -> list[Template]:
+    def _templates(self) -> list[Guest]:
         templates = []
         for vm in self.api.get("cluster/resources", type="vm"):
             if vm.get("template") and vm.get("name") == self.template:
                 config = self.api.get(f"nodes/{vm['node']}/qemu/{vm['vmid']}/config")
                 storage = str(config.get(self.disk, "")).split(":", 1)[0]
-                templates.append(Template(vm["node"], int(vm["vmid"]), self._shared(storage)))
+                templates.append(Guest(vm["node"], int(vm["vmid"]), self._shared(storage)))
         if not templates:
             raise PermanentError(f"no template named {self.template!r} in the cluster")
         return templates
@@ -178,7 +158,7 @@ class ProxmoxCompute(ComputeDriver):
             for s in self.api.get("cluster/resources", type="storage")
         )
 
-    def _placement(self, spec: MachineSpec) -> tuple[Template, str]:
+    def _placement(self, spec: MachineSpec) -> tuple[Guest, str]:
         """The template to clone and the node to clone onto: the most free memory wins."""
         templates = self._templates()
         # PVE clones onto another node only from a template on shared storage and onto
@@ -562,20 +542,6 @@ class ProxmoxCompute(ComputeDriver):
         self.api.put(path, protected=0)
         self.api.task(f"delete backup {volid}", lambda: self.api.delete(path))
         return Outcome(True, Observed(Power.ABSENT), f"deleted {volid}")
-
-    def prune(self, ref: ServiceRef, keep: str) -> list[dict[str, Any]]:
-        """Proxmox's own prune of the service's backups (``keep`` as prune-backups)."""
-        guest = self._require(ref)
-        marks: list[dict[str, Any]] = []
-        options = {"prune-backups": keep, "type": "qemu", "vmid": guest.vmid}
-        for node, storage in self._storages("backup"):
-            marks += self._prune_on(f"nodes/{node}/storage/{storage}/prunebackups", options)
-        return marks
-
-    def _prune_on(self, path: str, options: dict[str, Any]) -> list[dict[str, Any]]:
-        marks: list[dict[str, Any]] = self.api.get(path, **options)
-        self.api.task(f"prune {options['vmid']}", lambda: self.api.delete(path, **options))
-        return marks
 
     def _vzdump(self, guest: Guest, mode: str, notes: str) -> str:
         """Back up the guest; returns the new archive's ``node/volid``."""

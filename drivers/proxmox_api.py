@@ -33,8 +33,7 @@ from urllib.parse import urlsplit
 import proxmoxer
 import requests
 
-from drivers.base import DriverError, PermanentError, TemporaryError
-from orchestrator.secrets.credentials import Secret
+from drivers.base import DriverError, PermanentError, Secret, TemporaryError
 
 LOCKED = re.compile(r"is locked \(([\w-]+)\)")
 UNREACHABLE = {502, 503, 504, 595, 596}
@@ -94,6 +93,16 @@ def upid_node(upid: str) -> str:
     return fields[1]
 
 
+def _verb(method: str) -> Callable[..., Any]:
+    """``api.get(path, **params)`` and its kin: ``call`` with the method named."""
+
+    def send(self: PveApi, path: str, **arguments: Any) -> Any:
+        return self.call(method, path, **arguments)
+
+    send.__name__ = method.lower()
+    return send
+
+
 class PveApi:
     """A cluster's API through one endpoint, with task waiting and lock retries."""
 
@@ -129,21 +138,12 @@ class PveApi:
         self.poll = poll
         self._sleep = sleep
 
-    def get(self, path: str, **params: Any) -> Any:
-        with _translated(f"GET {path}"):
-            return self._client(path).get(**params)
+    def call(self, method: str, path: str, **arguments: Any) -> Any:
+        """One request (``method`` is GET, POST, PUT or DELETE), inside the error boundary."""
+        with _translated(f"{method} {path}"):
+            return getattr(self._client(path), method.lower())(**arguments)
 
-    def post(self, path: str, **data: Any) -> Any:
-        with _translated(f"POST {path}"):
-            return self._client(path).post(**data)
-
-    def put(self, path: str, **data: Any) -> Any:
-        with _translated(f"PUT {path}"):
-            return self._client(path).put(**data)
-
-    def delete(self, path: str, **params: Any) -> Any:
-        with _translated(f"DELETE {path}"):
-            return self._client(path).delete(**params)
+    get, post, put, delete = (_verb(method) for method in ("GET", "POST", "PUT", "DELETE"))
 
     def task(self, action: str, start: Callable[[], Any]) -> str:
         """Start a task (``start`` returns its UPID) and wait for its end; retry while locked."""

@@ -33,7 +33,6 @@ from drivers.base import (
     TemporaryError,
 )
 from drivers.ssh import SshRunner, SshTarget
-from orchestrator.secrets.credentials import resolve
 
 # A Linux interface name: at most 15 characters, none that a shell would read.
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$")
@@ -43,28 +42,15 @@ SEPARATOR = "@@orchestrator@@"
 
 class RouterNetwork(NetworkDriver):
     capabilities = frozenset({Capability.ROUTE_ADDRESSES, Capability.SWITCH_PORT})
+    secret_options = frozenset({"ssh_key"})
 
     def __init__(
-        self,
-        *,
-        address: str,
-        ssh_key: str,
-        name: str = "router",
-        ssh_user: str = "root",
-        ssh_port: int = 22,
-        host_keys: list[str] | None = None,
-        known_hosts: str | None = None,
-        artifacts: str = "/var/lib/orchestrator/runs",
+        self, *, name: str = "router", artifacts: str = "/var/lib/orchestrator/runs", **ssh: Any
     ) -> None:
+        """``ssh`` is how to reach the router, as ``SshTarget.pinned`` takes it: address,
+        ssh_key (a ``Secret``), ssh_user, ssh_port, host_keys, known_hosts."""
         self.name = name
-        target = SshTarget(
-            address,
-            ssh_user,
-            resolve(ssh_key, what=f"{name} ssh_key"),
-            tuple(host_keys or ()),
-            Path(known_hosts) if known_hosts else None,
-            ssh_port,
-        )
+        target = SshTarget.pinned(**ssh)
         self.ssh = SshRunner(target)
         self.runner = AnsibleRunner({name: target}, Path(artifacts))
         self._lock = threading.Lock()

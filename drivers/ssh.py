@@ -4,8 +4,9 @@ A box's host key comes from the inventory (``host_keys``, OpenSSH public-key
 lines) or from a known_hosts file the operator keeps; an unknown key or a
 changed one is refused (``RejectPolicy``), never added: a box that answers
 with a different key may not be the box, and a purge must not run on the
-wrong machine. The private key comes from a credential reference and stays
-in memory; nothing is written to disk and no secret is in an argument.
+wrong machine. The private key is handed in as a ``Secret`` (the loader
+resolved the inventory's reference) and stays in memory; nothing is written
+to disk and no secret is in an argument or a message.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from pathlib import Path
 
 import paramiko
 
-from drivers.base import PermanentError, TemporaryError
-from orchestrator.secrets.credentials import Secret
-from orchestrator.secrets.redact import redact_text
+from drivers.base import PermanentError, Secret, TemporaryError
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,20 @@ class SshTarget:
     host_keys: tuple[str, ...] = ()
     known_hosts: Path | None = None
     port: int = 22
+
+    @classmethod
+    def pinned(
+        cls,
+        address: str,
+        ssh_key: Secret,
+        ssh_user: str = "root",
+        host_keys: list[str] | None = None,
+        known_hosts: str | None = None,
+        ssh_port: int = 22,
+    ) -> SshTarget:
+        """A target in the inventory's words: host keys a list, known_hosts a path."""
+        known = Path(known_hosts) if known_hosts else None
+        return cls(address, ssh_user, ssh_key, tuple(host_keys or ()), known, ssh_port)
 
 
 class SshRunner:
@@ -90,7 +103,7 @@ class SshRunner:
             client.close()
             if "not found in known_hosts" in str(exc):
                 raise PermanentError(f"{self.target.address}: unknown host key: refused") from None
-            raise TemporaryError(f"{self.target.address}: ssh: {redact_text(str(exc))}") from None
+            raise TemporaryError(f"{self.target.address}: ssh: {exc}") from None
         except (TimeoutError, OSError) as exc:
             client.close()
             raise TemporaryError(f"{self.target.address}: ssh: {exc.strerror or exc}") from None

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
 from drivers.base import MachineSpec, Outcome, PermanentError, ServiceRef, TemporaryError
-from drivers.libvirt_compute import LibvirtCompute
+from drivers.libvirt import LibvirtCompute
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import ApplyReport, Orchestrator, Settings, tick

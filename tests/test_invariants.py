@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from drivers.base import ComputeDriver, MachineSpec, Observed, Outcome, Power, ServiceRef
-from drivers.libvirt_compute import LibvirtCompute
+from drivers.libvirt import LibvirtCompute
 from orchestrator.core.events import Event, parse_events
 from orchestrator.core.facts import derive_facts
 from orchestrator.core.holds import hold_end

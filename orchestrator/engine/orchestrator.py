@@ -8,7 +8,6 @@ method takes ``now``; none reads a clock.
 
 from __future__ import annotations
 
-import threading
 import time as clock
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
@@ -17,22 +16,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from drivers.base import (
-    BackupCopy,
-    Capability,
-    ComputeDriver,
-    NetworkDriver,
-    Uplink,
-    load_compute,
-    load_network,
-)
+from drivers.base import BackupCopy, ComputeDriver, NetworkDriver, Uplink
 from orchestrator.core.events import Event
 from orchestrator.core.facts import Facts
-from orchestrator.core.inventory import HostVars, Inventory, Router
+from orchestrator.core.inventory import Inventory
 from orchestrator.core.lifecycle import Verdict, lifecycle
 from orchestrator.core.policy import Policy
 from orchestrator.core.steps import Action
-from orchestrator.engine import backup_ops, intake, survey, tick
+from orchestrator.engine import backup_ops, intake, survey, tick, wiring
 from orchestrator.engine.reports import (
     ApplyReport,
     BackupWeek,
@@ -45,18 +36,8 @@ from orchestrator.engine.reports import (
 from orchestrator.run import actions
 from orchestrator.run.executor import StepReport
 from orchestrator.run.guards import Breaker
-from orchestrator.secrets.credentials import resolve
-from orchestrator.secrets.evidence import Signer
 from orchestrator.state import journal, services
 from orchestrator.state.models import StepRow
-
-DriverFactory = Callable[[str, HostVars], ComputeDriver]
-# The network driver of one router of the inventory, by its name and variables.
-NetworkFactory = Callable[[str, Router], NetworkDriver]
-
-
-def _default_networks(name: str, router: Router) -> NetworkDriver:
-    return load_network(router.driver, **{"name": name, **router.options})
 
 
 class Orchestrator:
@@ -66,19 +47,16 @@ class Orchestrator:
         policies: dict[str, Policy],
         inventory: Inventory,
         settings: Settings | None = None,
-        drivers: DriverFactory | None = None,
+        drivers: wiring.DriverFactory | None = None,
         sleep: Callable[[float], None] = clock.sleep,
-        networks: NetworkFactory = _default_networks,
+        networks: wiring.NetworkFactory = wiring.network_driver,
     ) -> None:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.policies, self.inventory = policies, inventory
         self.settings = settings or Settings()
         self.breaker = Breaker(self.settings.breaker)
-        self._driver_factory = drivers or self._default_driver
-        self._network_factory, self.sleep = networks, sleep
-        self._drivers: dict[str, ComputeDriver] = {}
-        self._networks: dict[str, NetworkDriver] = {}
-        self._networks_lock = threading.Lock()
+        self.sleep = sleep
+        self.wiring = wiring.Wiring(inventory, drivers, networks)
         # Set by whoever took the leadership (the daemon, a cron run): claims carry its epoch.
         self.fence = journal.UNFENCED
 
@@ -174,6 +152,7 @@ class Orchestrator:
     def context(self, facts: Facts, now: datetime, action: Action) -> actions.Context:
         """What an action needs besides its step: the driver, pool, policy and signer."""
         driver = self.driver(facts.host)
+        purging = action == Action.PURGE
         return actions.Context(
             self.sessions,
             driver,
@@ -181,36 +160,15 @@ class Orchestrator:
             facts,
             self.policies[facts.policy],
             now,
-            self._signer(driver) if action == Action.PURGE else None,
+            wiring.signer(driver, self.settings.erase_signing_key) if purging else None,
             self.uplink(facts.host),
         )
 
-    def _signer(self, driver: ComputeDriver) -> Signer | None:
-        if Capability.ERASE_RECORDS not in driver.capabilities:
-            return None
-        if self.settings.erase_signing_key is None:
-            return None
-        return Signer(resolve(self.settings.erase_signing_key, what="erase signing key"))
-
     def driver(self, host: str) -> ComputeDriver:
-        if host not in self._drivers:
-            self._drivers[host] = self._driver_factory(host, self.inventory.hosts()[host])
-        return self._drivers[host]
-
-    def _default_driver(self, name: str, host: HostVars) -> ComputeDriver:
-        return load_compute(host.driver, self.uplink(name), uri=host.uri, **host.options)
+        return self.wiring.driver(host)
 
     def uplink(self, host: str) -> Uplink | None:
-        """The router port a host hangs off, with that router's driver; None if it names none."""
-        found = self.inventory.hosts()[host].uplink
-        if found is None:
-            return None
-        return Uplink(self.network(found.router), found.router, found.port)
+        return self.wiring.uplink(host)
 
     def network(self, router: str) -> NetworkDriver:
-        """One driver per router, made when first needed and kept (it serialises its changes)."""
-        with self._networks_lock:  # executor threads: two drivers would not share one lock
-            if router not in self._networks:
-                vars_ = self.inventory.routers[router]
-                self._networks[router] = self._network_factory(router, vars_)
-            return self._networks[router]
+        return self.wiring.network(router)

@@ -33,13 +33,13 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import select
 
-from drivers.base import DriverError, ServiceRef, load_compute
+from drivers.base import DriverError, ServiceRef
 from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.lifecycle import Entry, lifecycle
 from orchestrator.core.policy import Anchor, Policy, ProductKind, load_policies
 from orchestrator.core.steps import StepKind
-from orchestrator.engine import Orchestrator, Settings
+from orchestrator.engine import Orchestrator, Settings, wiring
 from orchestrator.faces.demo_report import (
     SHOWN_EVENTS,
     DayProgress,
@@ -189,7 +189,7 @@ def _inventory(hypervisor: str) -> tuple[Inventory, str]:
     if hypervisor != "test":
         host = lab.hosts()["kvm-jkt-1"]
         try:
-            load_compute(host.driver, uri=host.uri, **host.options).inspect(
+            wiring.compute_driver("kvm-jkt-1", host).inspect(
                 ServiceRef("probe", "lab")
             )
         except DriverError as exc:

@@ -33,6 +33,7 @@ from orchestrator.core.policy import Policy, ProductKind, SuspendMethod
 from orchestrator.core.steps import Action
 from orchestrator.run.guards import covering_hold
 from orchestrator.secrets.evidence import Signer
+from orchestrator.secrets.redact import redact
 from orchestrator.state import ipam
 from orchestrator.state.models import StepRow
 
@@ -76,7 +77,7 @@ def _record(outcome: Outcome) -> dict[str, Any]:
         "changed": outcome.changed,
         "observed": observed,
         "detail": outcome.detail,
-        **outcome.evidence,
+        **redact(outcome.evidence),
     }
 
 

@@ -6,7 +6,9 @@ A step is claimed in the journal before it runs and finished after, with
 its outcome. Retry intent comes from the driver's error type, and is acted
 on here only: a ``TemporaryError`` is retried with backoff a few times in
 process, then left for a later run (``retry``, with ``not_before``); any
-other error fails the step and stops that service's later steps.
+other error fails the step and stops that service's later steps. A driver's
+error crosses into the orchestrator here: redacted before it is journaled,
+audited, logged or reported (drivers hold secrets only as values).
 
 Under a leader (``journal.Fence``) the lock is checked before each step, so
 a leader that lost it dispatches nothing more; its claims and outcomes carry
@@ -33,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drivers.base import DriverError, TemporaryError
 from orchestrator.core.steps import SCHEDULED_ACTIONS
 from orchestrator.run import notify
+from orchestrator.secrets.redact import redact_text
 from orchestrator.state import audit, journal
 from orchestrator.state.models import StepRow
 
@@ -175,24 +178,23 @@ class Executor:
                     return self._retry_later(step, exc, now)
                 self._sleep(self._settings.backoff_seconds * 2 ** (attempt - 1))
             except DriverError as exc:
-                return self._finish(step, journal.FAILED, now, None, str(exc))
+                return self._finish(step, journal.FAILED, now, None, redact_text(str(exc)))
             except Exception as exc:  # a bug must fail its step, not the whole batch
                 log.exception("step %s %s of %s crashed", step.id, step.kind, step.service_id)
-                return self._finish(step, journal.FAILED, now, None, f"internal error: {exc!r}")
+                error = redact_text(f"internal error: {exc!r}")
+                return self._finish(step, journal.FAILED, now, None, error)
             else:
                 return self._finish(step, journal.DONE, now, result, None)
         raise AssertionError("unreachable")
 
     def _retry_later(self, step: StepRow, exc: TemporaryError, now: datetime) -> StepReport:
         later = now + max(self._settings.retry_later, timedelta(seconds=exc.delay))
-        epoch = self._fence.epoch
+        epoch, error = self._fence.epoch, redact_text(str(exc))
         with self._sessions.begin() as session:
-            if not journal.finish(
-                session, step.id, journal.RETRY, now, None, str(exc), later, epoch
-            ):
+            if not journal.finish(session, step.id, journal.RETRY, now, None, error, later, epoch):
                 return self._fenced(session, step, now)
-            self._audit(session, step, journal.RETRY, now, {"error": str(exc)})
-        return self._report(step, journal.RETRY, f"{exc}; retry after {later.isoformat()}")
+            self._audit(session, step, journal.RETRY, now, {"error": error})
+        return self._report(step, journal.RETRY, f"{error}; retry after {later.isoformat()}")
 
     def _finish(
         self,

@@ -15,7 +15,7 @@ Resolving gives a ``Secret``, whose ``str`` and ``repr`` are masked, so a
 secret put into a log line, an f-string or an exception by mistake shows
 ``***``. Every resolved value is also registered with ``redact``, which
 scrubs it from anything stored or printed. Secrets go to drivers in memory,
-never on a command line.
+as ``drivers.base.Secret`` values, never on a command line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.secrets.redact import MASK, register_secret
+from drivers.base import Secret as DriverSecret
+from orchestrator.secrets.redact import register_secret
 
 VAULT_PASSWORD_FILE = "ORCHESTRATOR_VAULT_PASSWORD_FILE"
 VAULT_HEADER = "$ANSIBLE_VAULT;"
@@ -43,30 +44,18 @@ class VaultText(str):
         return "VaultText(...)"
 
 
-class Secret:
-    """A resolved secret. Only ``reveal()`` gives the value, at the point of use."""
+class Secret(DriverSecret):
+    """A resolved secret: the drivers' value type, registered with the redactor.
 
-    __slots__ = ("_value", "source")
+    Only ``reveal()`` gives the value, at the point of use; it is what the
+    loader (``orchestrator.engine.wiring``) hands drivers.
+    """
+
+    __slots__ = ()
 
     def __init__(self, value: str, source: str) -> None:
-        self._value = value
-        self.source = source
+        super().__init__(value, source)
         register_secret(value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return MASK
-
-    def __repr__(self) -> str:
-        return f"Secret({self.source})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self.source)
 
 
 def resolve(reference: Any, *, what: str) -> Secret:

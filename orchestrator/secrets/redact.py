@@ -2,7 +2,7 @@
 
 Anything stored or printed passes through ``redact``: values under a key
 that names a secret are replaced, credentials embedded in URLs
-(``scheme://user:password@host``) lose their password, so do credential
+(``scheme://user:password@host``, ``?password=...``) lose their password, so do credential
 headers an endpoint echoes (``Authorization: ...``, a Proxmox
 ``PVEAPIToken=user!id=secret``), and every secret
 this process has resolved (``register_secret``, called by
@@ -30,6 +30,8 @@ HEADER_CREDENTIAL = re.compile(
     r"(?P<value>(?![\s\"']*PVEAPIToken=)[^\r\n\"',}]+)",
     re.IGNORECASE,
 )
+# A secret passed as a URI's query parameter (a libvirt URI's ``?password=``).
+QUERY_SECRET = re.compile(r"(?P<name>[?&;](?:password|passwd|pass|secret|token)=)[^&;\s'\"]+", re.I)
 PVE_TOKEN = re.compile(r"(?P<name>PVEAPIToken=[^=\s\"']+=)[^\s\"',}]+")
 MASK = "***"
 # Shorter values would mask ordinary words; real secrets are longer.
@@ -56,6 +58,7 @@ def redact(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     text = URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = QUERY_SECRET.sub(lambda m: f"{m.group('name')}{MASK}", text)
     text = PVE_TOKEN.sub(lambda m: f"{m.group('name')}{MASK}", text)
     text = HEADER_CREDENTIAL.sub(lambda m: f"{m.group('name')}{MASK}", text)
     for secret in sorted(_registered, key=len, reverse=True):

@@ -11,7 +11,6 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from drivers.base import ServiceRef
 from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
@@ -52,7 +51,7 @@ def test_a_purge_deletes_every_copy_everywhere_but_not_under_a_legal_hold(
     planned = orch.schedule_backups(wib(2026, 11, 23).date(), wib(2026, 11, 21))
     (slot,) = [s for s in planned.plan.slots if s.job.service_id == sid]
     orch.apply(slot.start + timedelta(minutes=1))  # the week's backup, into the backup pool
-    orch.driver(HOST).snapshot(ServiceRef(sid, HOST), "before-the-hold")
+    virsh("snapshot-create-as", f"svc-{sid}", "before-the-hold")  # inside the volume
     orch.apply(wib(2026, 12, 9, 0, 1))  # terminated: the archive (its volume) is kept
     kept = everything_of(sid)
     assert any(k.startswith("orchestrator-lab:") for k in kept)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from drivers.base import MachineSpec, PermanentError, ServiceRef
-from drivers.libvirt_compute import LibvirtCompute
+from drivers.libvirt import LibvirtCompute
 from orchestrator.core.inventory import Inventory
 from tests.lab.conftest import LAB_DIR, domain_state, virsh
 

@@ -27,11 +27,11 @@ from sqlalchemy import select, text
 from drivers.ansible import AnsibleRunner
 from drivers.base import PermanentError, ServiceRef, Uplink
 from drivers.colo import ColoCompute
-from drivers.router import RouterNetwork
 from drivers.ssh import SshTarget
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
+from orchestrator.engine.wiring import network_driver
 from orchestrator.secrets.credentials import resolve
 from orchestrator.state import ipam
 from orchestrator.state.db import migrate, open_engine
@@ -266,8 +266,7 @@ def test_the_route_playbook_changes_only_what_differs(net: Inventory) -> None:
 
 
 def test_colocated_hardware_is_never_purged(net: Inventory) -> None:
-    options = net.routers["rtr-lab-1"].options
-    router = RouterNetwork(name="rtr-lab-1", **options)
+    router = network_driver("rtr-lab-1", net.routers["rtr-lab-1"])  # as the loader makes it
     box = ColoCompute(uplink=Uplink(router, "rtr-lab-1", "cport3"))
     with pytest.raises(PermanentError, match="never wiped"):
         box.purge(ServiceRef("c-purge", "colo-net-3"))

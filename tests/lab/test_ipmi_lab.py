@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from drivers.base import MachineSpec, PermanentError, Power, ServiceRef
 from drivers.ipmi import Bmc, BootDevice, IpmiPower
-from drivers.libvirt_compute import LibvirtCompute
+from drivers.libvirt import LibvirtCompute
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator

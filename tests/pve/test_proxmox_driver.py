@@ -26,6 +26,7 @@ from orchestrator.core.inventory import Inventory
 from orchestrator.core.policy import Policy
 from orchestrator.core.prune import Backup, KeepRules, prune
 from orchestrator.engine import Orchestrator
+from orchestrator.secrets.credentials import resolve
 from orchestrator.state import ipam
 from orchestrator.state.db import migrate, open_engine
 from tests.conftest import created, events, invoice, paid, wib
@@ -44,6 +45,12 @@ def driver_options(pve: PveLab, secret_file: Path, **extra: Any) -> dict[str, An
         "lock_patience": 30.0,
         **extra,
     }
+
+
+def proxmox(pve: PveLab, options: dict[str, Any]) -> ProxmoxCompute:
+    """Built as the loader builds it: the token's reference resolved to a value first."""
+    secret = resolve(options["token_secret"], what="lab token_secret")
+    return ProxmoxCompute(f"https://{pve.host}:{pve.port}", **{**options, "token_secret": secret})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,7 @@ def pve_inventory(pve: PveLab, secret_file: Path) -> Inventory:
 
 @pytest.fixture
 def driver(pve: PveLab, secret_file: Path) -> ProxmoxCompute:
-    return ProxmoxCompute(f"https://{pve.host}:{pve.port}", **driver_options(pve, secret_file))
+    return proxmox(pve, driver_options(pve, secret_file))
 
 
 def vm_named(pve: PveLab, name: str) -> dict[str, Any] | None:
@@ -129,15 +136,13 @@ SUBSET_ENDPOINTS = [
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every (method, path) the driver sends while a test runs."""
     seen: list[tuple[str, str]] = []
-    for method in ("get", "post", "put", "delete"):
-        original = getattr(PveApi, method)
+    original = PveApi.call
 
-        def recording(self: PveApi, path: str, *args: Any, _m: str = method,
-                      _f: Any = original, **kwargs: Any) -> Any:
-            seen.append((_m.upper(), "/" + path.strip("/")))
-            return _f(self, path, *args, **kwargs)
+    def recording(self: PveApi, method: str, path: str, **kwargs: Any) -> Any:
+        seen.append((method, "/" + path.strip("/")))
+        return original(self, method, path, **kwargs)
 
-        monkeypatch.setattr(PveApi, method, recording)
+    monkeypatch.setattr(PveApi, "call", recording)
     return seen
 
 
@@ -230,9 +235,8 @@ def test_a_clone_leaves_its_templates_node_only_onto_shared_storage(
 ) -> None:
     """PVE refuses a clone onto another node's non-shared storage: such a driver
     places on the template's node; one whose storage is shared may go anywhere."""
-    uri = f"https://{pve.host}:{pve.port}"
-    local = ProxmoxCompute(uri, **driver_options(pve, secret_file, template="debian-12-shared"))
-    shared = ProxmoxCompute(uri, **driver_options(
+    local = proxmox(pve, driver_options(pve, secret_file, template="debian-12-shared"))
+    shared = proxmox(pve, driver_options(
         pve, secret_file, template="debian-12-shared", storage="ceph-vm"))
     placed = {}
     for name, driver_ in (("local", local), ("shared", shared)):
@@ -275,9 +279,10 @@ def test_addresses_are_bound_only_where_the_firewall_filters(
     assert driver.bind_addresses(ref, ("192.0.2.20",)).observed.addresses == ("192.0.2.20",)
 
 
-def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
+def test_proxmox_prune_keeps_what_our_prune_keeps(
     pve: PveLab, driver: ProxmoxCompute, calls: list[tuple[str, str]]
 ) -> None:
+    """The core's port of the keep rules against Proxmox's own prune, asked directly."""
     ref = ServiceRef(f"r{uuid.uuid4().hex[:7]}", HOST)
     driver.create(ref, _small())
     start = datetime(2026, 10, 1, 1, 0, tzinfo=UTC)
@@ -293,7 +298,11 @@ def test_prune_on_proxmox_keeps_what_the_documented_rules_keep(
             KeepRules.parse(rules),
         ) if d.mark != "remove"
     }
-    driver.prune(ref, rules)
+    vm = vm_named(pve, ref.name)
+    assert vm is not None
+    path, options = f"nodes/{vm['node']}/storage/local/prunebackups", {"prune-backups": rules}
+    driver.api.task("prune", lambda: driver.api.delete(path, vmid=vm["vmid"], type="qemu",
+                                                       **options))  # waits for the task
     assert {b.backup_id for b in driver.backups(ref)} == expected
     assert len(expected) < len(before)
     assert_checked_by_the_emulator_tests(calls)
@@ -305,7 +314,7 @@ def test_a_token_without_power_privileges_is_refused_clearly(
     restricted = tmp_path / "restricted"
     restricted.write_text(pve.restricted_token_secret)
     options = driver_options(pve, restricted, token_name=pve.restricted_token_name)
-    weak = ProxmoxCompute(f"https://{pve.host}:{pve.port}", **options)
+    weak = proxmox(pve, options)
     with pytest.raises(PermanentError, match="Permission check failed"):
         weak.create(ServiceRef(f"d{uuid.uuid4().hex[:7]}", HOST), _small())
 
