@@ -31,14 +31,13 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import select
 
 from drivers.base import DriverError, ServiceRef, load_compute
 from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.lifecycle import Entry, lifecycle
 from orchestrator.core.policy import Anchor, Policy, ProductKind, StepKind, load_policies
-from orchestrator.engine import Orchestrator, Settings
+from orchestrator.engine import Orchestrator, Settings, operations
 from orchestrator.faces.demo_report import (
     SHOWN_EVENTS,
     DayProgress,
@@ -52,8 +51,6 @@ from orchestrator.faces.demo_report import (
 from orchestrator.faces.demo_report import output as make_output
 from orchestrator.run.actions import suspend_method
 from orchestrator.run.guards import BreakerSettings
-from orchestrator.state.db import migrate, open_engine
-from orchestrator.state.models import EventRow, StepRow
 
 # Ten weeks: December and January, and far enough into February for the
 # latest purge of the five policies (Cloudmatika, 66 days after the due date).
@@ -208,9 +205,14 @@ def _fresh_orchestrator(
 ) -> Orchestrator:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    engine = open_engine(f"sqlite:///{workdir / 'demo.db'}")
-    migrate(engine)
-    orchestrator = Orchestrator(engine, policies, inventory, Settings(breaker=DEMO_BREAKER))
+    orchestrator = operations.open_orchestrator(
+        f"sqlite:///{workdir / 'demo.db'}",
+        policies,
+        inventory,
+        Settings(breaker=DEMO_BREAKER),
+        migrate_store=True,
+        check=False,
+    )
     orchestrator.seed_pools()
     return orchestrator
 
@@ -305,39 +307,23 @@ def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
 
     A payment and the steps it caused share a moment; the payment comes first.
     """
-    with orchestrator.sessions() as session:
-        billing = session.scalars(select(EventRow).where(EventRow.type.in_(SHOWN_EVENTS)))
-        rows = [_event_line(row) for row in billing]
-        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
-        rows += [_step_line(row) for row in steps]
+    rows = [_line(found) for found in operations.history(orchestrator, list(SHOWN_EVENTS))]
     return sorted(rows, key=lambda r: (r["at"], r["service"]))
 
 
-def _step_line(row: StepRow) -> dict[str, Any]:
+def _line(found: dict[str, Any]) -> dict[str, Any]:
     """``method`` is what the policy asked for, ``ran`` what the driver did (a stand-in differs)."""
-    params = json.loads(row.params)
-    result = json.loads(row.result or "{}")
-    at = row.started_at or row.created_at
-    return {
-        "at": at.isoformat(),
-        "day": _local_day(at),
-        "service": row.service_id,
-        "action": row.kind,
-        "why": params.get("why", ""),
-        "method": params.get("method"),
-        "ran": result.get("method") if params.get("method") else None,
-    }
-
-
-def _event_line(row: EventRow) -> dict[str, Any]:
-    return {
-        "at": row.occurred_at.isoformat(),
-        "day": _local_day(row.occurred_at),
-        "service": row.service_id,
-        "action": f"billing: {row.type}",
-        "why": "",
-        "method": None,
-        "ran": None,
+    at: datetime = found["at"]
+    line = {"at": at.isoformat(), "day": _local_day(at), "service": found["service"]}
+    if "event" in found:
+        billing = f"billing: {found['event']}"
+        return line | {"action": billing, "why": "", "method": None, "ran": None}
+    method = found["params"].get("method")
+    return line | {
+        "action": found["step"],
+        "why": found["params"].get("why", ""),
+        "method": method,
+        "ran": found["result"].get("method") if method else None,
     }
 
 

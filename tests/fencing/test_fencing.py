@@ -21,8 +21,8 @@ from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.faces.daemon import advisory_keys, leadership_for
 from orchestrator.state import journal
+from orchestrator.state.leadership import advisory_keys, leadership_for
 from orchestrator.state.models import AuditRow, NotificationRow, StepRow
 from tests.fencing.witness import WitnessCompute, calls, register
 
