@@ -17,100 +17,77 @@ from orchestrator.faces.cli.common import EX_TEMPFAIL, main_options, parse_at
 app = typer.Typer(no_args_is_help=True, help="Applies billing state to hosting infrastructure.")
 app.callback()(main_options)
 
-Command = tuple[str, Callable[..., Any]]
-# group name, its help, and its commands: (command name, function)
-GROUPS: list[tuple[str, str, list[Command]]] = [
-    (
-        "policy",
-        "Check and describe policy files.",
-        [("check", serve.policy_check), ("schema", serve.policy_schema_command)],
-    ),
-    (
-        "services",
-        "The services the orchestrator knows.",
-        [("list", services.services_list), ("reprovision", services.services_reprovision)],
-    ),
-    (
-        "hold",
-        "Place and release holds.",
-        [("add", services.hold_add), ("remove", services.hold_remove)],
-    ),
-    ("audit", "The hash-chained audit trail.", [("verify", records.audit_verify)]),
-    (
-        "breaker",
-        "The blast-radius breaker.",
-        [("status", records.breaker_status), ("reset", records.breaker_reset)],
-    ),
-    (
-        "steps",
-        "The journal of steps.",
-        [
-            ("list", records.steps_list),
-            ("show", records.steps_show),
-            ("retry", records.steps_retry),
-            ("cancel", records.steps_cancel),
-        ],
-    ),
-    (
-        "notifications",
-        "What the billing system is told.",
-        [("list", records.notifications_list), ("replay", records.notifications_replay)],
-    ),
-    ("erase", "Signed erase records of purged disks.", [("verify", records.erase_verify)]),
-    ("colo", "Colocated hardware, the customers' own.", [("due", services.colo_due)]),
-    (
-        "events",
-        "Payments held for review, and resolving them.",
-        [
-            ("unmatched", events.events_unmatched),
-            ("match", events.events_match),
-            ("discard", events.events_discard),
-        ],
-    ),
-    (
-        "ips",
-        "IP addresses: states, history, operator moves.",
-        [
-            ("list", ips.ips_list),
-            ("show", ips.ips_show),
-            ("release", ips.ips_release),
-            ("extend", ips.ips_extend),
-            ("block", ips.ips_block),
-            ("unblock", ips.ips_unblock),
-        ],
-    ),
-    (
-        "backups",
-        "Backups: the week's plan, copies, restores.",
-        [
-            ("plan", backups.backups_plan),
-            ("list", backups.backups_list),
-            ("prune", backups.backups_prune),
-            ("restore", backups.backups_restore),
-            ("verify", backups.backups_verify),
-        ],
-    ),
-]
-COMMANDS: list[Command] = [
-    ("init", services.init),
-    ("event", events.event),
-    ("plan", services.plan),
-    ("explain", services.explain),
-    ("apply", services.apply),
-    ("drift", services.drift),
-    ("run", serve.run),
-    ("serve", serve.serve),
-    ("openapi", serve.openapi),
-    ("demo", serve.demo),
-]
+# Each group's help, in the order ``--help`` lists them.
+GROUPS = {
+    "policy": "Check and describe policy files.",
+    "services": "The services the orchestrator knows.",
+    "hold": "Place and release holds.",
+    "audit": "The hash-chained audit trail.",
+    "breaker": "The blast-radius breaker.",
+    "steps": "The journal of steps.",
+    "notifications": "What the billing system is told.",
+    "erase": "Signed erase records of purged disks.",
+    "colo": "Colocated hardware, the customers' own.",
+    "events": "Payments held for review, and resolving them.",
+    "ips": "IP addresses: states, history, operator moves.",
+    "backups": "Backups: the week's plan, copies, restores.",
+}
+# Every command: "group command" or, at the top level, "command".
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "policy check": serve.policy_check,
+    "policy schema": serve.policy_schema_command,
+    "services list": services.services_list,
+    "services reprovision": services.services_reprovision,
+    "hold add": services.hold_add,
+    "hold remove": services.hold_remove,
+    "audit verify": records.audit_verify,
+    "breaker status": records.breaker_status,
+    "breaker reset": records.breaker_reset,
+    "steps list": records.steps_list,
+    "steps show": records.steps_show,
+    "steps retry": records.steps_retry,
+    "steps cancel": records.steps_cancel,
+    "notifications list": records.notifications_list,
+    "notifications replay": records.notifications_replay,
+    "erase verify": records.erase_verify,
+    "colo due": services.colo_due,
+    "events unmatched": events.events_unmatched,
+    "events match": events.events_match,
+    "events discard": events.events_discard,
+    "ips list": ips.ips_list,
+    "ips show": ips.ips_show,
+    "ips release": ips.ips_release,
+    "ips extend": ips.ips_extend,
+    "ips block": ips.ips_block,
+    "ips unblock": ips.ips_unblock,
+    "backups plan": backups.backups_plan,
+    "backups list": backups.backups_list,
+    "backups prune": backups.backups_prune,
+    "backups restore": backups.backups_restore,
+    "backups verify": backups.backups_verify,
+    "init": services.init,
+    "event": events.event,
+    "plan": services.plan,
+    "explain": services.explain,
+    "apply": services.apply,
+    "drift": services.drift,
+    "run": serve.run,
+    "serve": serve.serve,
+    "openapi": serve.openapi,
+    "demo": serve.demo,
+}
 
-for group, help_text, commands in GROUPS:
-    sub = typer.Typer(no_args_is_help=True, help=help_text)
-    for name, function in commands:
-        sub.command(name)(function)
-    app.add_typer(sub, name=group)
-for name, function in COMMANDS:
-    app.command(name)(function)
+
+def _wire() -> None:
+    subs = {name: typer.Typer(no_args_is_help=True, help=text) for name, text in GROUPS.items()}
+    for path, function in COMMANDS.items():
+        group, _, name = path.rpartition(" ")
+        (subs[group] if group else app).command(name)(function)
+    for name, sub in subs.items():
+        app.add_typer(sub, name=name)
+
+
+_wire()
 
 
 def main() -> None:

@@ -9,18 +9,8 @@ import typer
 
 from orchestrator.core.events import EventError, parse_events
 from orchestrator.engine import operations
-from orchestrator.faces.cli.common import (
-    AtOption,
-    JsonFlag,
-    ReasonOption,
-    config,
-    fail,
-    local,
-    orchestrator_of,
-    parse_at,
-    read,
-    stdin,
-)
+from orchestrator.faces.cli import common
+from orchestrator.faces.cli.common import AtOption, JsonFlag, ReasonOption
 from orchestrator.faces.cli.render import emit, out, table
 
 REVIEW_COLUMNS = ("event", "service", "invoice", "received", "state", "resolution")
@@ -32,12 +22,12 @@ def event(
     at: AtOption = None,
 ) -> None:
     """Take in billing events (one object, an array, or one per line); replays are ignored."""
-    raw = stdin() if source == "-" else read(Path(source))
+    raw = common.stdin() if source == "-" else common.read(Path(source))
     try:
         events = parse_events(raw)
-        report = orchestrator_of(ctx).ingest(events, parse_at(at), actor="cli")
+        report = common.orchestrator_of(ctx).ingest(events, common.parse_at(at), actor="cli")
     except EventError as exc:
-        raise fail(f"nothing was stored: {exc}") from None
+        raise common.fail(f"nothing was stored: {exc}") from None
     out.print(f"{len(report.accepted)} accepted, {len(report.duplicates)} already known")
 
 
@@ -48,8 +38,8 @@ def events_unmatched(
 ) -> None:
     """Payments naming an invoice the service does not have: each holds its service's
     destructive steps until matched (``events match``) or discarded (``events discard``)."""
-    found = operations.payment_reviews(orchestrator_of(ctx), include_resolved)
-    rows = [row | {"received": local(row["received"])} for row in found]
+    found = operations.payment_reviews(common.orchestrator_of(ctx), include_resolved)
+    rows = [row | {"received": common.local(row["received"])} for row in found]
     emit(rows, as_json, _unmatched_table)
 
 
@@ -74,8 +64,8 @@ def events_discard(
 def _resolve_payment(
     ctx: typer.Context, event_id: str, invoice: str | None, reason: str, at: str | None
 ) -> None:
-    orchestrator, actor = orchestrator_of(ctx), config(ctx).actor
+    orchestrator, actor = common.orchestrator_of(ctx), common.config(ctx).actor
     try:
-        orchestrator.resolve_payment(event_id, parse_at(at), actor, invoice, reason)
+        orchestrator.resolve_payment(event_id, common.parse_at(at), actor, invoice, reason)
     except EventError as exc:
-        raise fail(str(exc)) from None
+        raise common.fail(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -87,13 +88,6 @@ def _ips_show_render(data: dict[str, Any]) -> None:
         out.print("  unchanged since it was seeded")
 
 
-def ips_release(
-    ctx: typer.Context, address: str, reason: ReasonOption = "released early", at: AtOption = None
-) -> None:
-    """End an address's quarantine now: anyone may get it next."""
-    _ips_move(ctx, "released", address, at, reason)
-
-
 def ips_extend(
     ctx: typer.Context,
     address: str,
@@ -118,11 +112,26 @@ def ips_block(
     _ips_move(ctx, "blocked", address, at, reason, force=force)
 
 
-def ips_unblock(
-    ctx: typer.Context, address: str, reason: ReasonOption = "unblocked", at: AtOption = None
-) -> None:
-    """Lift a block: back to the quarantine it interrupted if that lasts, else free."""
-    _ips_move(ctx, "unblocked", address, at, reason)
+def _plain_move(verb: str, default_reason: str, doc: str) -> Callable[..., None]:
+    """A move that needs nothing but the address, the reason and the moment."""
+
+    def command(
+        ctx: typer.Context, address: str, reason: ReasonOption = default_reason, at: AtOption = None
+    ) -> None:
+        _ips_move(ctx, verb, address, at, reason)
+
+    command.__doc__ = doc
+    return command
+
+
+ips_release = _plain_move(
+    "released", "released early", "End an address's quarantine now: anyone may get it next."
+)
+ips_unblock = _plain_move(
+    "unblocked",
+    "unblocked",
+    "Lift a block: back to the quarantine it interrupted if that lasts, else free.",
+)
 
 
 def _ips_move(
