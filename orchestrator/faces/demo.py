@@ -43,6 +43,7 @@ from orchestrator.faces.demo_report import (
     DayProgress,
     Output,
     Peer,
+    Report,
     print_json,
     print_peers,
     print_story,
@@ -111,20 +112,23 @@ def run_demo(
         f"{START} to {END}; finding a hypervisor",
         highlight=False,
     )
-    inventory, where = _inventory(hypervisor)
-    orchestrator = _fresh_orchestrator(workdir, policies, inventory)
-    peers = _peers(orchestrator, policies)
-    _announce(out.progress, where, peers)
     zone = next(iter(policies.values())).zone
+    # The display starts before anything slow (probing the lab, creating the store).
     with DayProgress(out.progress, START, (END - START).days + 1, zone) as progress:
+        progress.note("finding a hypervisor")
+        inventory, where = _inventory(hypervisor)
+        progress.note("creating the demo's store")
+        orchestrator = _fresh_orchestrator(workdir, policies, inventory)
+        peers = _peers(orchestrator, policies)
+        _announce(out.progress, where, peers)
         _live(orchestrator, _scenario(customers), zone, progress)
     history = _history(orchestrator)
     mismatches = _check(orchestrator, customers, history)
-    stories = _stories(history, customers)
+    report = Report(peers, history, _stories(history, customers), mismatches)
     if as_json:
-        print_json(out.result, peers, history, stories, mismatches)
+        print_json(out.result, report)
     else:
-        print_story(out.result, peers, history, stories, mismatches, verbose)
+        print_story(out.result, report, verbose)
     out.progress.print("removing the demo's machines", highlight=False)
     _remove_guests(orchestrator, customers)
     return 1 if mismatches else 0
@@ -295,6 +299,7 @@ def _live(
             batch = arrivals.pop(now)
             orchestrator.ingest(parse_events(json.dumps(batch)), now, actor="billing")
             progress.arrived(now, len(batch))
+        progress.applying(now)
         progress.applied(now, orchestrator.apply(now, yes=True, actor="demo"))
         upcoming = [m for m in (orchestrator.next_due(), min(arrivals, default=None)) if m]
         if not upcoming:
