@@ -62,6 +62,13 @@ def open_orchestrator(
     return Orchestrator(engine, policies, inventory, settings or Settings.from_environment())
 
 
+def close(orchestrator: Orchestrator) -> None:
+    """Let go of the store's connections (a daemon's term has ended)."""
+    bind = orchestrator.sessions.kw.get("bind")
+    if bind is not None:
+        bind.dispose()
+
+
 def prepare_store(url: str) -> None:
     """Create or upgrade the store's tables."""
     migrate(open_engine(url))

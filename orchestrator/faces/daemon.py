@@ -66,7 +66,7 @@ TERM = "term"
 class Term:
     """What the jobs of one leadership term work with: the orchestrator (fenced by this
     term's epoch) and the settings that stay in this process. The job store keeps only
-    the schedule; the executor hands each job this value (see ``_TermExecutor``)."""
+    the schedule; the executor hands each job this value (see ``_term_executor``)."""
 
     orchestrator: Orchestrator
     billing_url: str | None = None
@@ -197,7 +197,8 @@ def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -
     """Schedule until stopped or the lock is lost; the step in hand finishes (or is fenced)."""
     fence = leadership.fence()
     log.info("leader", extra={"fields": {"pid": os.getpid(), "epoch": fence.epoch}})
-    scheduler = _scheduler(config, open_term(config, fence))
+    term = open_term(config, fence)
+    scheduler = _scheduler(config, term)
     scheduler.resume()
     while not stop.wait(min(1.0, config.tick_seconds)):
         if not leadership.held():
@@ -205,6 +206,7 @@ def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -
             break
     scheduler.pause()  # no new job is handed to the executor while it shuts down
     scheduler.shutdown(wait=True)
+    operations.close(term.orchestrator)  # the next term opens its own
     leadership.release()
 
 
