@@ -19,8 +19,10 @@ from rich.console import Console
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from orchestrator.engine import Orchestrator
 from orchestrator.faces.cli import app
-from orchestrator.faces.demo_report import print_story
+from orchestrator.faces.demo import run_demo
+from orchestrator.faces.demo_report import Output, Report, print_story
 from orchestrator.state.db import open_engine
 from orchestrator.state.models import StepRow
 from tests.conftest import REPO
@@ -29,8 +31,9 @@ DAY_LINE = re.compile(r"^(\d{4}-\d{2}-\d{2})  day +(\d+)/75  \S")
 POLICY_HEADER = re.compile(r"^(\w+): (\d+) customers; ")
 STORY_HEADER = "what happened to whom"
 JOURNAL_TITLE = "what happened when (from the journal)"
-# A screen: what a policy's story may take, its header included.
-SCREEN_LINES = 24
+# A screen: what a policy's story may take, its header included, and how wide it may be.
+SCREEN_LINES = 40
+SCREEN_WIDTH = 160
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,63 @@ def test_a_mismatch_is_counted_in_its_policy_header_and_printed_verbatim() -> No
         "herza": [{"service": "h-never", "product": "kvm_vps", "story": "never", "days": []}],
     }
     problem = "k-never: suspend expected 2026-12-06 ([5.1] overdue); journal has ['2026-12-07']"
-    print_story(console, [], [], stories, [problem], verbose=False)
+    print_story(console, Report([], [], stories, [problem]), verbose=False)
     text = buffer.getvalue()
     assert "klikserver: 1 customers; 1 MISMATCHES" in text
     assert "herza: 1 customers; the never-payer's steps match the timeline" in text
     assert f"MISMATCH {problem}" in text
     assert "every never-paying customer's" not in text
+
+
+def test_each_policy_s_story_fits_one_screen_and_the_journal_stays_out(plain: Run) -> None:
+    lines = plain.stdout.splitlines()
+    story = lines[next(i for i, line in enumerate(lines) if line.startswith(STORY_HEADER)) :]
+    starts = [i for i, line in enumerate(story) if POLICY_HEADER.match(line)]
+    last = starts[-1] + 1
+    while story[last].startswith("  "):
+        last += 1
+    for start, end in zip(starts, [*starts[1:], last], strict=True):
+        block = story[start:end]
+        assert len(block) <= SCREEN_LINES, block
+        assert all(len(line) <= SCREEN_WIDTH for line in block), block
+    assert JOURNAL_TITLE not in plain.stdout
+    assert (
+        len(lines) < 75 + sum(int(POLICY_HEADER.match(story[i]).group(2)) + 1 for i in starts) + 20
+    )
+
+
+class Stopped(Exception):
+    """Raised by the first apply: the test has seen what it came for."""
+
+
+def test_the_progress_display_is_written_before_the_first_simulated_day_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal the live bar shows up at once, before the lab is probed or the first
+    day's guests are created; the first apply finds it already written."""
+    happened: list[str] = []
+
+    class Terminal(io.StringIO):
+        def write(self, text: str) -> int:
+            happened.append(text)
+            return super().write(text)
+
+    def first_apply(self: Orchestrator, now: object, yes: bool = False, actor: str = "") -> None:
+        happened.append("<first apply>")
+        raise Stopped
+
+    monkeypatch.setattr(Orchestrator, "apply", first_apply)
+    console = Console(file=Terminal(), width=SCREEN_WIDTH, force_terminal=True)
+    with pytest.raises(Stopped):
+        run_demo(
+            tmp_path / "demo",
+            REPO / "inventory" / "policies",
+            hypervisor="test",
+            output=Output(console, console),
+        )
+    before = "".join(happened[: happened.index("<first apply>")])
+    assert before.startswith("demo: ten weeks of 60 services")
+    assert "0/75" in before
+    # The bar is drawn before the hypervisor is probed and the store created, which on
+    # the real lab can take a while; what was found is printed above it.
+    assert before.index("simulated days") < before.index("running on libvirt's test hypervisor")

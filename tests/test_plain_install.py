@@ -49,18 +49,16 @@ def test_a_plain_install_delivers_a_notification(
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "-q", str(REPO)]
     subprocess.run(pip, check=True, capture_output=True, timeout=1200)
-    # What ``orchestrator run`` keeps in the process (the URLs) and what its job carries.
-    settings = {
-        "db": sqlite_engine.url.render_as_string(hide_password=False),
-        "billing_url": billing,
-    }
+    # The term the leader's scheduler hands its notification job: the store, billing's URL.
     config = {
+        "db": sqlite_engine.url.render_as_string(hide_password=False),
         "policies": str(REPO / "inventory" / "policies"),
         "inventory": str(REPO / "inventory" / "lab.yaml"),
+        "billing_url": billing,
     }
     script = (
         "from orchestrator.faces import daemon; "
-        f"daemon._process_settings.update({settings!r}); daemon.notify_billing({config!r})"
+        f"daemon.notify_billing(daemon.open_term(daemon.DaemonConfig(**{config!r})))"
     )
     subprocess.run(
         [str(venv / "bin" / "python"), "-c", script],

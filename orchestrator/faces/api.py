@@ -23,13 +23,12 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.core.events import EventError, NewService, Spec, parse_events
 from orchestrator.core.jsondepth import MAX_DEPTH, depth_error
-from orchestrator.engine import Orchestrator
+from orchestrator.engine import Orchestrator, operations
+from orchestrator.engine.operations import EventConflict
 from orchestrator.faces.views import verdict_json
 from orchestrator.secrets.redact import redact
 from orchestrator.secrets.signing import (
@@ -40,14 +39,6 @@ from orchestrator.secrets.signing import (
     TIMESTAMP_HEADER,
     SignatureError,
     verify,
-)
-from orchestrator.state.ingest import EventConflict
-from orchestrator.state.models import (
-    HookSignatureRow,
-    IdempotencyRow,
-    MetaRow,
-    ServiceRow,
-    StepRow,
 )
 
 Clock = Callable[[], datetime]
@@ -199,8 +190,7 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
-        with orchestrator.sessions() as session:
-            session.execute(select(1))
+        operations.ping(orchestrator)
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -237,13 +227,7 @@ def _first_sight(orchestrator: Orchestrator, request_id: str, now: datetime) -> 
     The ids live in ``hook_signatures.signature`` (80 characters, as ids are).
     """
     horizon = now - timedelta(seconds=MAX_AGE_SECONDS + MAX_AHEAD_SECONDS)
-    try:
-        with orchestrator.sessions.begin() as session:
-            session.execute(delete(HookSignatureRow).where(HookSignatureRow.seen_at < horizon))
-            session.add(HookSignatureRow(signature=request_id, seen_at=now))
-    except IntegrityError:
-        return False
-    return True
+    return operations.first_sight(orchestrator, request_id, now, horizon)
 
 
 def _ingest(orchestrator: Orchestrator, body: bytes, now: datetime, actor: str) -> Any:
@@ -264,10 +248,10 @@ def _command(
     key: str | None,
 ) -> Response:
     digest = hashlib.sha256(f"{service_id}/{command}\n".encode() + body).hexdigest()
-    if key is not None and (stored := _stored(orchestrator, key)) is not None:
+    if key is not None and (stored := operations.stored_response(orchestrator, key)) is not None:
         if stored.request_hash != digest:
             raise HTTPException(422, "this Idempotency-Key was used for a different request")
-        return JSONResponse(json.loads(stored.body), status_code=stored.status)
+        return JSONResponse(stored.body, status_code=stored.status)
     now = clock()
     event = _command_event(service_id, command, body, key, now)
     report = _ingest(orchestrator, json.dumps(event).encode(), now, "billing:command")
@@ -278,7 +262,7 @@ def _command(
         "accepted": bool(report.accepted),
     }
     if key is not None:
-        content = _remember(orchestrator, key, digest, 202, content, now)
+        content = operations.remember_response(orchestrator, key, digest, 202, content, now)
     return JSONResponse(content, status_code=202)
 
 
@@ -299,37 +283,6 @@ def _command_event(
         "at": now.isoformat(),
         "data": {"type": EVENT_TYPES[command], **data},
     }
-
-
-def _stored(orchestrator: Orchestrator, key: str) -> IdempotencyRow | None:
-    with orchestrator.sessions() as session:
-        return session.get(IdempotencyRow, key)
-
-
-def _remember(
-    orchestrator: Orchestrator,
-    key: str,
-    digest: str,
-    status: int,
-    content: dict[str, Any],
-    now: datetime,
-) -> dict[str, Any]:
-    """Keep the first response; a racing twin's insert fails and it replays ours."""
-    try:
-        with orchestrator.sessions.begin() as session:
-            session.add(
-                IdempotencyRow(
-                    key=key,
-                    request_hash=digest,
-                    status=status,
-                    body=json.dumps(content),
-                    created_at=now,
-                )
-            )
-    except IntegrityError:
-        stored = _stored(orchestrator, key)
-        return json.loads(stored.body) if stored else content
-    return content
 
 
 class BodyLimit:
@@ -394,15 +347,9 @@ async def _drain(receive: Receive) -> None:
 
 def prometheus_text(orchestrator: Orchestrator) -> str:
     """Steps by kind and state, open steps, breaker, last tick, services by phase."""
-    with orchestrator.sessions() as session:
-        steps = session.execute(
-            select(StepRow.kind, StepRow.state, func.count()).group_by(StepRow.kind, StepRow.state)
-        ).all()
-        phases = session.execute(
-            select(ServiceRow.phase, func.count()).group_by(ServiceRow.phase)
-        ).all()
-        breaker_open = orchestrator.breaker.is_open(session)
-        last_tick = session.get(MetaRow, "last_tick")
+    found = operations.metrics(orchestrator)
+    steps, phases = found.steps, found.phases
+    last_tick = found.last_tick.timestamp() if found.last_tick else 0.0
     open_states = ("pending", "running", "retry", "held", "awaiting", "paused")
     lines = [
         "# HELP orchestrator_steps Journaled steps by kind and state.",
@@ -413,16 +360,12 @@ def prometheus_text(orchestrator: Orchestrator) -> str:
         f"orchestrator_queue_depth {sum(n for _, s, n in steps if s in open_states)}",
         "# HELP orchestrator_breaker_open 1 while the breaker holds destructive steps back.",
         "# TYPE orchestrator_breaker_open gauge",
-        f"orchestrator_breaker_open {int(breaker_open)}",
+        f"orchestrator_breaker_open {int(found.breaker_open)}",
         "# HELP orchestrator_last_tick_timestamp_seconds When apply last ran.",
         "# TYPE orchestrator_last_tick_timestamp_seconds gauge",
-        f"orchestrator_last_tick_timestamp_seconds {_timestamp(last_tick)}",
+        f"orchestrator_last_tick_timestamp_seconds {last_tick}",
         "# HELP orchestrator_services Services by phase.",
         "# TYPE orchestrator_services gauge",
         *(f'orchestrator_services{{phase="{p}"}} {n}' for p, n in phases),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _timestamp(row: MetaRow | None) -> float:
-    return datetime.fromisoformat(row.value).timestamp() if row else 0.0

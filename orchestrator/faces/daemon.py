@@ -19,36 +19,26 @@ next leader) and exits 0.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
-import zlib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
-
-from sqlalchemy import Connection, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
 
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.policy import load_policies
-from orchestrator.engine import Orchestrator, Settings
-from orchestrator.run import notify
+from orchestrator.engine import Orchestrator, operations
+from orchestrator.engine.operations import Fence, Leadership
 from orchestrator.secrets.redact import redact, redact_text
 from orchestrator.secrets.signing import target
-from orchestrator.state import journal
-from orchestrator.state.db import migrate, open_engine
 
 log = logging.getLogger("orchestrator.faces.daemon")
-ADVISORY_KEY = 0x6F726368  # "orch"
 
 
 @dataclass(frozen=True)
@@ -68,191 +58,37 @@ class DaemonConfig:
     orphan_grace_seconds: float = 300.0
 
 
-class Leadership(Protocol):
-    def acquire(self) -> bool: ...
-
-    def held(self) -> bool: ...
-
-    def release(self) -> None: ...
-
-    def fence(self) -> journal.Fence: ...
+# What a job's argument is in the job store: "the term of the leader that runs it".
+TERM = "term"
 
 
-class _Epochs:
-    """What both locks share: a new epoch at each acquisition, and the fence that carries it.
+@dataclass(frozen=True)
+class Term:
+    """What the jobs of one leadership term work with: the orchestrator (fenced by this
+    term's epoch) and the settings that stay in this process. The job store keeps only
+    the schedule; the executor hands each job this value (see ``_term_executor``)."""
 
-    The fence answers for its own epoch only: once the lock was lost, a run
-    still holding the old fence stays fenced even after this process leads again.
-    """
-
-    orphan_grace = timedelta(0)
-
-    def __init__(self, url: str, holder: str) -> None:
-        self._sessions = sessionmaker(open_engine(url))
-        self.holder, self.epoch, self.since = holder, 0, datetime.now(UTC)
-
-    def _take_epoch(self) -> None:
-        self.since = datetime.now(UTC)
-        with self._sessions.begin() as session:
-            self.epoch = journal.take_epoch(session, self.holder, self.since)
-
-    def held(self) -> bool:
-        raise NotImplementedError
-
-    def fence(self) -> journal.Fence:
-        epoch = self.epoch
-        return journal.Fence(
-            epoch, lambda: self.epoch == epoch and self.held(), self.orphan_grace, self.since
-        )
+    orchestrator: Orchestrator
+    billing_url: str | None = None
+    verify_sample: int = 1
 
 
-def advisory_keys(schema: str) -> tuple[int, int]:
-    """The advisory lock of one store: PostgreSQL's locks are per database, stores per schema."""
-    return ADVISORY_KEY, zlib.crc32(schema.encode()) & 0x7FFFFFFF
+def open_term(config: DaemonConfig, fence: Fence | None = None) -> Term:
+    """The orchestrator of a leadership term, on the configuration's store and files."""
+    orchestrator = operations.open_orchestrator(
+        config.db,
+        load_policies(Path(config.policies)),
+        load_inventory(Path(config.inventory)),
+        check=False,
+    )
+    if fence is not None:
+        orchestrator.fence = fence
+    return Term(orchestrator, config.billing_url, config.verify_sample)
 
 
-class AdvisoryLock(_Epochs):
-    """PostgreSQL: the lock lives as long as its connection.
-
-    ``held`` asks ``pg_locks`` on that connection, so a connection the
-    server dropped (a failover, ``pg_terminate_backend``) reads as lost at
-    the next check, which the executor makes before every step. Its old
-    leader may still be inside a driver call then: ``orphan_grace``.
-    """
-
-    def __init__(self, url: str, holder: str, orphan_grace: timedelta) -> None:
-        super().__init__(url, holder)
-        self.orphan_grace = orphan_grace
-        self._engine = open_engine(url)
-        self._connection: Connection | None = None
-        self._guard = threading.Lock()  # executor threads check it at once; a connection is not
-        self._keys = (0, 0)
-
-    def acquire(self) -> bool:
-        connection = self._engine.connect()
-        self._keys = advisory_keys(str(connection.scalar(text("SELECT current_schema()"))))
-        won = connection.scalar(text("SELECT pg_try_advisory_lock(:a, :b)"), self._params())
-        connection.commit()
-        if not won:
-            connection.close()
-            return False
-        self._connection = connection
-        self._take_epoch()
-        return True
-
-    def _params(self) -> dict[str, int]:
-        return {"a": self._keys[0], "b": self._keys[1]}
-
-    def held(self) -> bool:
-        with self._guard:
-            if self._connection is None:
-                return False
-            try:
-                count = self._connection.scalar(text(HELD_SQL), self._params())
-                self._connection.commit()
-            except SQLAlchemyError:  # a dropped connection means the lock is gone too
-                count = 0
-            if not count:
-                self._drop()
-            return bool(count)
-
-    def release(self) -> None:
-        with self._guard:
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._connection is not None:
-            self._connection.invalidate()  # never back to the pool: it may hold the lock
-            self._connection.close()
-            self._connection = None
-
-
-HELD_SQL = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND pid = pg_backend_pid() AND classid = :a AND objid = :b AND objsubid = 2"
-)
-
-
-class FileLock(_Epochs):
-    """SQLite: one host, one file beside the database. The kernel frees it only when its
-    holder exits or lets go, so steps found running are nobody's: no grace."""
-
-    def __init__(self, url: str, holder: str) -> None:
-        super().__init__(url, holder)
-        self._path = Path(url.removeprefix("sqlite:///") + ".leader")
-        self._file: Any = None
-
-    def acquire(self) -> bool:
-        handle = self._path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self._file = handle
-        self._take_epoch()
-        return True
-
-    def held(self) -> bool:
-        return self._file is not None
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def leadership_for(
-    url: str, role: str, orphan_grace: timedelta = timedelta(minutes=5)
-) -> Leadership:
-    """The store's leadership lock, for this process in ``role`` (named to a refused rival)."""
-    holder = f"{role} on {socket.gethostname()} pid {os.getpid()}"
-    if url.startswith("postgresql"):
-        return AdvisoryLock(url, holder, orphan_grace)
-    return FileLock(url, holder)
-
-
-def holder_of(url: str) -> str:
-    """Who took the leadership last, and since when: the reason a second run gives."""
-    with sessionmaker(open_engine(url))() as session:
-        row = journal.leader(session)
-    if row is None:
-        return "another process"
-    return f"{row.holder} (epoch {row.epoch}, since {row.acquired_at.isoformat()})"
-
-
-_fence = journal.UNFENCED
-_orchestrators: dict[str, Orchestrator] = {}
-# The settings that may carry a password (the store's URL, billing's URL) stay in
-# this process: the job store pickles each job's arguments into the database.
-_SECRET_SETTINGS = ("db", "billing_url")
-_process_settings: dict[str, Any] = {}
-
-
-def _job_config(config: DaemonConfig) -> dict[str, Any]:
-    """What a job carries in the job store: the configuration without a secret in it."""
-    return {k: v for k, v in asdict(config).items() if k not in _SECRET_SETTINGS}
-
-
-def _orchestrator(job_config: dict[str, Any]) -> Orchestrator:
-    """One per process and configuration: jobs arrive by reference from the job store."""
-    config = {**job_config, **_process_settings}
-    key = json.dumps(config, sort_keys=True)
-    if key not in _orchestrators:
-        engine = open_engine(config["db"])
-        _orchestrators[key] = Orchestrator(
-            engine,
-            load_policies(Path(config["policies"])),
-            load_inventory(Path(config["inventory"])),
-            Settings.from_environment(),
-        )
-    _orchestrators[key].fence = _fence
-    return _orchestrators[key]
-
-
-def tick(config: dict[str, Any]) -> None:
+def tick(term: Term) -> None:
     """The reconcile tick: what is due, against the real state, through the journal."""
-    report = _orchestrator(config).apply(datetime.now(UTC), actor="scheduler")
+    report = term.orchestrator.apply(datetime.now(UTC), actor="scheduler")
     states: dict[str, int] = {}
     for step in report.steps:
         states[step.state] = states.get(step.state, 0) + 1
@@ -261,18 +97,20 @@ def tick(config: dict[str, Any]) -> None:
     log.log(logging.DEBUG if quiet else logging.INFO, "tick", extra={"fields": fields})
 
 
-def sync(config: dict[str, Any]) -> None:
+def sync(term: Term) -> None:
     """The state sync: services whose machines drifted from what was applied become due."""
-    drifted = _orchestrator(config).sync(datetime.now(UTC))
+    drifted = term.orchestrator.sync(datetime.now(UTC))
     if drifted:
         log.warning("drift", extra={"fields": {"services": drifted}})
 
 
-def notify_billing(config: dict[str, Any]) -> None:
+def notify_billing(term: Term) -> None:
     """Deliver queued notifications; the secret is read here, never kept in the job store."""
     import httpx
 
-    billing_url = _process_settings["billing_url"]
+    billing_url = term.billing_url
+    if billing_url is None:
+        return
     secret = os.environ.get("ORCHESTRATOR_BILLING_SECRET", "").encode()
     if not secret:
         log.error("ORCHESTRATOR_BILLING_SECRET is not set: notifications stay queued")
@@ -285,13 +123,15 @@ def notify_billing(config: dict[str, Any]) -> None:
             except httpx.TransportError as exc:
                 raise OSError(str(exc)) from exc
 
-        sessions, now = _orchestrator(config).sessions, datetime.now(UTC)
-        result = notify.deliver(sessions, post, secret, now, target(billing_url))
+        now = datetime.now(UTC)
+        result = operations.deliver_notifications(
+            term.orchestrator, post, secret, now, target(billing_url)
+        )
     if result.delivered or result.failed:
         log.info("notified", extra={"fields": asdict(result)})
 
 
-def plan_backups(config: dict[str, Any]) -> None:
+def plan_backups(term: Term) -> None:
     """Journal this week's and next week's backups (idempotent: a planned backup stays).
 
     Planning a week ahead means a backup that cannot fit is reported days
@@ -301,7 +141,7 @@ def plan_backups(config: dict[str, Any]) -> None:
     today = now.astimezone(ZoneInfo(os.environ.get("ORCHESTRATOR_TZ", "Asia/Jakarta"))).date()
     monday = today - timedelta(days=today.weekday())
     for week in (monday, monday + timedelta(days=7)):
-        planned = _orchestrator(config).schedule_backups(week, now)
+        planned = term.orchestrator.schedule_backups(week, now)
         fields = {
             "week": week.isoformat(),
             "journaled": planned.journaled,
@@ -315,11 +155,10 @@ def plan_backups(config: dict[str, Any]) -> None:
         )
 
 
-def verify_backups(config: dict[str, Any]) -> None:
+def verify_backups(term: Term) -> None:
     """Test restores of a random sample of backed-up services; a failure is logged and
     reaches billing's operators as a failed step."""
-    orchestrator = _orchestrator(config)
-    for report in orchestrator.verify_sample(datetime.now(UTC), int(config["verify_sample"])):
+    for report in term.orchestrator.verify_sample(datetime.now(UTC), term.verify_sample):
         level = logging.INFO if report.state == "done" else logging.ERROR
         log.log(
             level,
@@ -337,8 +176,8 @@ def verify_backups(config: dict[str, Any]) -> None:
 def run(config: DaemonConfig, stop: threading.Event) -> int:
     """Stand by, lead, and after a lost lock stand by again, until told to stop."""
     grace = timedelta(seconds=config.orphan_grace_seconds)
-    leadership = leadership_for(config.db, "daemon", grace)
-    migrate(open_engine(config.db))
+    leadership = operations.leadership_for(config.db, "daemon", grace)
+    operations.prepare_store(config.db)
     while _stand_by(leadership, config, stop):
         _lead(leadership, config, stop)
     leadership.release()
@@ -356,10 +195,10 @@ def _stand_by(leadership: Leadership, config: DaemonConfig, stop: threading.Even
 
 def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -> None:
     """Schedule until stopped or the lock is lost; the step in hand finishes (or is fenced)."""
-    global _fence
-    _fence = leadership.fence()
-    log.info("leader", extra={"fields": {"pid": os.getpid(), "epoch": _fence.epoch}})
-    scheduler = _scheduler(config)
+    fence = leadership.fence()
+    log.info("leader", extra={"fields": {"pid": os.getpid(), "epoch": fence.epoch}})
+    term = open_term(config, fence)
+    scheduler = _scheduler(config, term)
     scheduler.resume()
     while not stop.wait(min(1.0, config.tick_seconds)):
         if not leadership.held():
@@ -367,10 +206,11 @@ def _lead(leadership: Leadership, config: DaemonConfig, stop: threading.Event) -
             break
     scheduler.pause()  # no new job is handed to the executor while it shuts down
     scheduler.shutdown(wait=True)
+    operations.close(term.orchestrator)  # the next term opens its own
     leadership.release()
 
 
-def _scheduler(config: DaemonConfig) -> Any:
+def _scheduler(config: DaemonConfig, term: Term) -> Any:
     """Started paused: jobs already in the store keep their schedule (so a run missed
     while every daemon was down is caught up once); missing ones are added."""
     from apscheduler.events import EVENT_JOB_ERROR
@@ -379,7 +219,11 @@ def _scheduler(config: DaemonConfig) -> Any:
 
     store = SQLAlchemyJobStore(url=config.db, tablename="scheduler_jobs")
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-    scheduler = BackgroundScheduler(jobstores={"default": store}, job_defaults=defaults)
+    scheduler = BackgroundScheduler(
+        jobstores={"default": store},
+        executors={"default": _term_executor(term)},
+        job_defaults=defaults,
+    )
     scheduler.add_listener(_log_failure, EVENT_JOB_ERROR)
     scheduler.start(paused=True)
     jobs = [
@@ -390,22 +234,46 @@ def _scheduler(config: DaemonConfig) -> Any:
     ]
     if config.billing_url:
         jobs.append((notify_billing, "notify-billing", config.tick_seconds))
-    _process_settings.update({name: getattr(config, name) for name in _SECRET_SETTINGS})
     for function, job_id, seconds in jobs:
-        _ensure_job(scheduler, function, job_id, seconds, {"config": _job_config(config)})
+        _ensure_job(scheduler, function, job_id, seconds)
     return scheduler
 
 
-def _ensure_job(
-    scheduler: Any, function: Any, job_id: str, seconds: float, kwargs: dict[str, Any]
-) -> None:
+def _term_executor(term: Term) -> Any:
+    """A thread pool that calls each job with ``term``: the job store pickles a job's
+    arguments into the database, so it keeps only the ``TERM`` marker there and the
+    term (with the store's and billing's URLs, which may carry passwords) stays here."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+
+    class TermExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+        def _do_submit_job(self, job: Any, run_times: Any) -> None:
+            super()._do_submit_job(_WithTerm(job, term), run_times)
+
+    return TermExecutor()
+
+
+class _WithTerm:
+    """A job as the executor runs it: its function called with the term."""
+
+    def __init__(self, job: Any, term: Term) -> None:
+        self._job, self.args = job, (term,)
+        self.kwargs: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def __str__(self) -> str:
+        return str(self._job)
+
+
+def _ensure_job(scheduler: Any, function: Any, job_id: str, seconds: float) -> None:
     if scheduler.get_job(job_id) is None:
         scheduler.add_job(
             function,
             "interval",
             seconds=seconds,
             id=job_id,
-            kwargs=kwargs,
+            args=(TERM,),
             next_run_time=datetime.now(UTC),
         )
         return
@@ -414,7 +282,7 @@ def _ensure_job(
     if late > seconds:  # every daemon was down: the runs missed are coalesced into one
         fields = {"job": job_id, "missed_runs": int(late // seconds), "runs_now": 1}
         log.warning("catching up after downtime", extra={"fields": fields})
-    scheduler.modify_job(job_id, kwargs=kwargs)
+    scheduler.modify_job(job_id, args=(TERM,), kwargs={})  # an older release kept its config
 
 
 def _log_failure(event: Any) -> None:

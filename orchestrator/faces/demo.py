@@ -31,7 +31,6 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import select
 
 from drivers.base import DriverError, ServiceRef
 from orchestrator.core.events import parse_events
@@ -39,12 +38,13 @@ from orchestrator.core.inventory import Inventory, load_inventory
 from orchestrator.core.lifecycle import Entry, lifecycle
 from orchestrator.core.policy import Anchor, Policy, ProductKind, load_policies
 from orchestrator.core.steps import StepKind
-from orchestrator.engine import Orchestrator, Settings, wiring
+from orchestrator.engine import Orchestrator, Settings, operations, wiring
 from orchestrator.faces.demo_report import (
     SHOWN_EVENTS,
     DayProgress,
     Output,
     Peer,
+    Report,
     print_json,
     print_peers,
     print_story,
@@ -53,8 +53,6 @@ from orchestrator.faces.demo_report import (
 from orchestrator.faces.demo_report import output as make_output
 from orchestrator.run.actions import suspend_method
 from orchestrator.run.guards import BreakerSettings
-from orchestrator.state.db import migrate, open_engine
-from orchestrator.state.models import EventRow, StepRow
 
 # Ten weeks: December and January, and far enough into February for the
 # latest purge of the five policies (Cloudmatika, 66 days after the due date).
@@ -115,20 +113,23 @@ def run_demo(
         f"{START} to {END}; finding a hypervisor",
         highlight=False,
     )
-    inventory, where = _inventory(hypervisor)
-    orchestrator = _fresh_orchestrator(workdir, policies, inventory)
-    peers = _peers(orchestrator, policies)
-    _announce(out.progress, where, peers)
     zone = next(iter(policies.values())).zone
+    # The display starts before anything slow (probing the lab, creating the store).
     with DayProgress(out.progress, START, (END - START).days + 1, zone) as progress:
+        progress.note("finding a hypervisor")
+        inventory, where = _inventory(hypervisor)
+        progress.note("creating the demo's store")
+        orchestrator = _fresh_orchestrator(workdir, policies, inventory)
+        peers = _peers(orchestrator, policies)
+        _announce(out.progress, where, peers)
         _live(orchestrator, _scenario(customers), zone, progress)
     history = _history(orchestrator)
     mismatches = _check(orchestrator, customers, history)
-    stories = _stories(history, customers)
+    report = Report(peers, history, _stories(history, customers), mismatches)
     if as_json:
-        print_json(out.result, peers, history, stories, mismatches)
+        print_json(out.result, report)
     else:
-        print_story(out.result, peers, history, stories, mismatches, verbose)
+        print_story(out.result, report, verbose)
     out.progress.print("removing the demo's machines", highlight=False)
     _remove_guests(orchestrator, customers)
     return 1 if mismatches else 0
@@ -209,9 +210,14 @@ def _fresh_orchestrator(
 ) -> Orchestrator:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    engine = open_engine(f"sqlite:///{workdir / 'demo.db'}")
-    migrate(engine)
-    orchestrator = Orchestrator(engine, policies, inventory, Settings(breaker=DEMO_BREAKER))
+    orchestrator = operations.open_orchestrator(
+        f"sqlite:///{workdir / 'demo.db'}",
+        policies,
+        inventory,
+        Settings(breaker=DEMO_BREAKER),
+        migrate_store=True,
+        check=False,
+    )
     orchestrator.seed_pools()
     return orchestrator
 
@@ -294,6 +300,7 @@ def _live(
             batch = arrivals.pop(now)
             orchestrator.ingest(parse_events(json.dumps(batch)), now, actor="billing")
             progress.arrived(now, len(batch))
+        progress.applying(now)
         progress.applied(now, orchestrator.apply(now, yes=True, actor="demo"))
         upcoming = [m for m in (orchestrator.next_due(), min(arrivals, default=None)) if m]
         if not upcoming:
@@ -306,39 +313,23 @@ def _history(orchestrator: Orchestrator) -> list[dict[str, Any]]:
 
     A payment and the steps it caused share a moment; the payment comes first.
     """
-    with orchestrator.sessions() as session:
-        billing = session.scalars(select(EventRow).where(EventRow.type.in_(SHOWN_EVENTS)))
-        rows = [_event_line(row) for row in billing]
-        steps = session.scalars(select(StepRow).where(StepRow.state == "done"))
-        rows += [_step_line(row) for row in steps]
+    rows = [_line(found) for found in operations.history(orchestrator, list(SHOWN_EVENTS))]
     return sorted(rows, key=lambda r: (r["at"], r["service"]))
 
 
-def _step_line(row: StepRow) -> dict[str, Any]:
+def _line(found: dict[str, Any]) -> dict[str, Any]:
     """``method`` is what the policy asked for, ``ran`` what the driver did (a stand-in differs)."""
-    params = json.loads(row.params)
-    result = json.loads(row.result or "{}")
-    at = row.started_at or row.created_at
-    return {
-        "at": at.isoformat(),
-        "day": _local_day(at),
-        "service": row.service_id,
-        "action": row.kind,
-        "why": params.get("why", ""),
-        "method": params.get("method"),
-        "ran": result.get("method") if params.get("method") else None,
-    }
-
-
-def _event_line(row: EventRow) -> dict[str, Any]:
-    return {
-        "at": row.occurred_at.isoformat(),
-        "day": _local_day(row.occurred_at),
-        "service": row.service_id,
-        "action": f"billing: {row.type}",
-        "why": "",
-        "method": None,
-        "ran": None,
+    at: datetime = found["at"]
+    line = {"at": at.isoformat(), "day": _local_day(at), "service": found["service"]}
+    if "event" in found:
+        billing = f"billing: {found['event']}"
+        return line | {"action": billing, "why": "", "method": None, "ran": None}
+    method = found["params"].get("method")
+    return line | {
+        "action": found["step"],
+        "why": found["params"].get("why", ""),
+        "method": method,
+        "ran": found["result"].get("method") if method else None,
     }
 
 

@@ -63,6 +63,17 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Report:
+    """What the demo found, read back from the journal: the peers it ran on, every event
+    and step (``history``), one story per policy, and the timeline mismatches."""
+
+    peers: list[Peer]
+    history: list[dict[str, Any]]
+    stories: dict[str, list[dict[str, Any]]]
+    problems: list[str]
+
+
+@dataclass(frozen=True)
 class Output:
     """Where the demo writes: the result, and the progress (stderr when the result is JSON)."""
 
@@ -121,6 +132,17 @@ class DayProgress:
         if self.bar is not None:
             self.bar.stop()
 
+    def note(self, what: str) -> None:
+        """What the demo is doing before the first simulated day (finding a hypervisor, ...)."""
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description=what)
+
+    def applying(self, now: datetime) -> None:
+        """An apply at ``now`` starts: on the lab it may create guests for minutes."""
+        day = self._move_to(now)
+        done = ", ".join(f"{kind} {n}" for kind, n in self.steps.items())
+        self.note(f"{day}: applying the steps due" + (f" (done: {done})" if done else ""))
+
     def arrived(self, now: datetime, count: int) -> None:
         """Billing events came in at ``now``."""
         self._move_to(now)
@@ -177,20 +199,14 @@ def _story_line(entry: dict[str, Any]) -> str:
     return f"  {entry['product']:<12} {entry['story']:<10} {days or 'nothing after the set-up'}"
 
 
-def print_story(
-    console: Console,
-    peers: list[Peer],
-    history: list[dict[str, Any]],
-    stories: dict[str, list[dict[str, Any]]],
-    problems: list[str],
-    verbose: bool,
-) -> None:
+def print_story(console: Console, report: Report, verbose: bool) -> None:
     """A screen per policy at most: a header, then one line per customer; the journal if verbose."""
+    problems = report.problems
     if verbose:
-        console.print(_journal_table(history))
+        console.print(_journal_table(report.history))
     console.print("what happened to whom (month-day on the policies' clock, WIB):")
-    print_peers(console, peers)
-    for policy, entries in stories.items():
+    print_peers(console, report.peers)
+    for policy, entries in report.stories.items():
         services = tuple(f"{e['service']}:" for e in entries)
         wrong = [p for p in problems if p.startswith(services)]
         verdict = (
@@ -218,20 +234,23 @@ def _journal_table(history: list[dict[str, Any]]) -> Table:
     return table
 
 
-def print_json(
-    console: Console,
-    peers: list[Peer],
-    history: list[dict[str, Any]],
-    stories: dict[str, list[dict[str, Any]]],
-    problems: list[str],
-) -> None:
+def print_json(console: Console, report: Report) -> None:
     document = {
-        "peers": [asdict(peer) for peer in peers],
-        "stories": stories,
-        "history": history,
-        "problems": problems,
+        "peers": [asdict(peer) for peer in report.peers],
+        "stories": report.stories,
+        "history": report.history,
+        "problems": report.problems,
     }
     console.print_json(json.dumps(document))
 
 
-__all__ = ["DayProgress", "Output", "Peer", "output", "print_json", "print_peers", "print_story"]
+__all__ = [
+    "DayProgress",
+    "Output",
+    "Peer",
+    "Report",
+    "output",
+    "print_json",
+    "print_peers",
+    "print_story",
+]

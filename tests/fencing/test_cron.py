@@ -19,8 +19,8 @@ from orchestrator.core.inventory import load_inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
 from orchestrator.faces.cli import EX_TEMPFAIL, app
-from orchestrator.faces.daemon import leadership_for
 from orchestrator.state import journal
+from orchestrator.state.leadership import leadership_for
 from tests.conftest import REPO, created
 
 INVENTORY = """

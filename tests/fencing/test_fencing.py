@@ -23,8 +23,8 @@ from orchestrator.core.policy import Policy
 from orchestrator.core.reconcile import StepSpec
 from orchestrator.core.steps import Action
 from orchestrator.engine import Orchestrator
-from orchestrator.faces.daemon import advisory_keys, leadership_for
 from orchestrator.state import journal
+from orchestrator.state.leadership import advisory_keys, leadership_for
 from orchestrator.state.models import AuditRow, NotificationRow, StepRow
 from tests.fencing.witness import WitnessCompute, calls, register
 

@@ -27,7 +27,7 @@ from orchestrator.core.events import parse_events
 from orchestrator.core.inventory import load_inventory
 from orchestrator.core.policy import Policy
 from orchestrator.engine import Orchestrator
-from orchestrator.faces.daemon import advisory_keys
+from orchestrator.state.leadership import advisory_keys
 from orchestrator.state.models import StepRow
 from tests.conftest import REPO
 from tests.fencing.witness import DESTRUCTIVE_CALLS, calls, register
