@@ -11,7 +11,11 @@
 # OpenIPMI's ipmi_sim on 127.0.0.1:(9100+N), speaking real IPMI over UDP;
 # ipmi_sim drives the box through lab/box-chassis: power on starts the
 # box's sshd, power off kills every process in the box, the boot device is
-# kept for the next power on.
+# kept for the next power on. `up` installs box-chassis as
+# $LAB_DIR/bin/box-chassis and the BMCs run that copy: a BMC outlives the
+# checkout that started it, so it must not name a script in one. A running
+# BMC started from another lan.conf (another chassis program, password or
+# port; or by a boxes.sh before this rule) is restarted with this one.
 #
 # Secrets the lab makes (0600, under $LAB_DIR/secrets): the BMC password,
 # the orchestrator's SSH key (the boxes authorise its public half) and the
@@ -22,6 +26,7 @@ set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export LAB_DIR=${LAB_DIR:-/var/lib/orchestrator-lab}
 boxes_dir=$LAB_DIR/boxes
+chassis=$LAB_DIR/bin/box-chassis
 secrets=$LAB_DIR/secrets
 bridge=olab-br0
 disk_mib=${BOX_DISK_MIB:-64}
@@ -85,7 +90,7 @@ set_working_mc 0x20
     allowed_auths_admin md5
     guid $(printf 'a1b2c3d4e5f60718293a4b5c6d7e%04x' "$n")
   endlan
-  chassis_control "$here/box-chassis $n"
+  chassis_control "$chassis $n"
   user 2 true "admin" "$(cat "$secrets/bmc-password")" admin 10 md5
 EOF
 )
@@ -97,10 +102,32 @@ mc_enable 0x20
 EOF
 }
 
+install_chassis() {
+  install -d -m 0755 "$LAB_DIR/bin"
+  install -m 0755 "$here/box-chassis" "$chassis.new"
+  mv -f "$chassis.new" "$chassis"  # a rename: a BMC running the old copy finishes it unharmed
+}
+
+# ipmi_sim reads lan.conf once, at its start; bmc.conf.sha256 says which one it read.
+conf_sum() { sha256sum "$1/lan.conf" "$1/box.emu" | cut -d' ' -f1 | tr -d '\n'; }
+
+stop_bmc() {
+  local dir=$1 pid
+  pid=$(cat "$dir/bmc.pid" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 start_bmc() {
   local n=$1 dir=$2
-  if [ -f "$dir/bmc.pid" ] && kill -0 "$(cat "$dir/bmc.pid")" 2>/dev/null; then return; fi
+  if [ -f "$dir/bmc.pid" ] && kill -0 "$(cat "$dir/bmc.pid")" 2>/dev/null; then
+    if [ "$(cat "$dir/bmc.conf.sha256" 2>/dev/null)" = "$(conf_sum "$dir")" ]; then return; fi
+    echo "lab: box $n's BMC runs an older lan.conf; restarting it"
+    stop_bmc "$dir"
+  fi
   mkdir -p "$dir/bmc-state"
+  conf_sum "$dir" > "$dir/bmc.conf.sha256"
   setsid ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
     </dev/null >"$dir/bmc.log" 2>&1 &
   echo $! > "$dir/bmc.pid"
@@ -121,6 +148,7 @@ up() {
   install_missing openipmi ipmitool openssh-server openssh-client iproute2 openssl
   mkdir -p "$boxes_dir" /run/sshd
   make_secrets
+  install_chassis
   make_bridge
   for n in $(seq 1 "$count"); do make_box "$n"; done
   known_hosts
@@ -129,8 +157,16 @@ up() {
 }
 
 wait_bmc() {
+  local port=$((9100 + $1)) pid holder
+  pid=$(cat "$boxes_dir/box$1/bmc.pid")
   for _ in $(seq 1 50); do
-    if ss -ulnH "sport = :$((9100 + $1))" | grep -q .; then return 0; fi
+    holder=$(ss -ulnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1)
+    if [ "$holder" = "pid=$pid" ]; then return 0; fi
+    if [ -n "$holder" ] && ! kill -0 "$pid" 2>/dev/null; then
+      # Another process (a BMC whose box directory was removed) holds the port.
+      echo "lab: 127.0.0.1:$port is held by $holder, not box $1's BMC; run boxes.sh down" >&2
+      return 1
+    fi
     sleep 0.1
   done
   echo "lab: the BMC of box $1 did not start; see $boxes_dir/box$1/bmc.log" >&2
@@ -156,6 +192,7 @@ down() {
   done
   for link in $(ip -o link show | grep -o 'olab-b[0-9]*@' | tr -d @); do ip link del "$link" || true; done
   ip link del "$bridge" 2>/dev/null || true
+  rm -f "$chassis"
   echo "lab: boxes removed"
 }
 
