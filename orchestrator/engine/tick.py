@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -151,7 +152,7 @@ def executor(orch: Orchestrator, now: datetime, yes: bool, verdicts: Verdicts) -
     limits = {name: host.max_concurrent for name, host in orch.inventory.hosts().items()}
     return Executor(
         orch.sessions,
-        lambda step: _perform(orch, step, now),
+        partial(actions.perform_step, lambda step: _context(orch, step, now)),
         lambda session, step: _guard(orch, session, step, now, yes, verdicts),
         limits,
         orch.settings.executor,
@@ -189,9 +190,8 @@ def _holds(orch: Orchestrator, step: StepRow, verdicts: Verdicts) -> bool:
     return Action(step.kind) not in {spec.action for spec in specs}
 
 
-def _perform(orch: Orchestrator, step: StepRow, now: datetime) -> dict[str, Any]:
-    context = orch.context(orch.facts(step.service_id), now, Action(step.kind))
-    return actions.perform(context, step)
+def _context(orch: Orchestrator, step: StepRow, now: datetime) -> actions.Context:
+    return orch.context(orch.facts(step.service_id), now, Action(step.kind))
 
 
 def _settle(
