@@ -423,10 +423,9 @@ class Policy(Strict):
         return self.holds.get(name) or BUILTIN_HOLDS.get(name)
 
     def product(self, kind: ProductKind) -> Product:
-        try:
-            return self.products[kind]
-        except KeyError:
-            raise PolicyError(f"policy {self.name} has no rules for {kind}") from None
+        if kind not in self.products:
+            raise PolicyError(f"policy {self.name} has no rules for {kind}")
+        return self.products[kind]
 
 
 def load_policy(path: Path) -> Policy:

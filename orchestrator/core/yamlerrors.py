@@ -27,6 +27,8 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
+    """One thing wrong in a file, said where a person editing it finds it."""
+
     file: str
     line: int
     field: str
