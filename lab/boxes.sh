@@ -119,6 +119,17 @@ stop_bmc() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
+# A BMC outlives the command that started it: it keeps none of that command's
+# descriptors (a lock a test run holds with flock, a pipe a caller reads to its end).
+detached() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+  exec setsid "$@"
+}
+
 start_bmc() {
   local n=$1 dir=$2
   if [ -f "$dir/bmc.pid" ] && kill -0 "$(cat "$dir/bmc.pid")" 2>/dev/null; then
@@ -128,7 +139,7 @@ start_bmc() {
   fi
   mkdir -p "$dir/bmc-state"
   conf_sum "$dir" > "$dir/bmc.conf.sha256"
-  setsid ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
+  detached ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
     </dev/null >"$dir/bmc.log" 2>&1 &
   echo $! > "$dir/bmc.pid"
 }
