@@ -193,6 +193,21 @@ def test_a_payment_landing_within_the_tick_cancels_the_suspend_it_journaled(
     assert state_of(virt, sid) == "running"
 
 
+def test_paid_after_the_purge_date_but_before_the_purge_ran_is_restored_not_purged(
+    orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
+) -> None:
+    """The scheduler was down from before the purge's date; the customer paid after that
+    date. The data still exists, so the next tick restores it and purges nothing."""
+    unpaid_from_december(orchestrator, sid)
+    orchestrator.apply(wib(2026, 11, 20, 0, 1))
+    orchestrator.apply(wib(2026, 12, 9, 0, 1))  # terminated: archived, addresses reclaimed
+    assert state_of(virt, sid) == "absent" and volume_exists(virt, sid)
+    orchestrator.ingest(events(paid(sid, "2026-12-17T10:00:00+07:00")), wib(2026, 12, 17, 10))
+    orchestrator.apply(wib(2026, 12, 20))
+    assert volume_exists(virt, sid) and state_of(virt, sid) == "running"
+    assert "purge" not in [kind for kind, _ in _steps(orchestrator, sid)]
+
+
 def test_a_step_left_running_by_a_crash_completes_once(
     orchestrator: Orchestrator, virt: libvirt.virConnect, sid: str
 ) -> None:

@@ -398,7 +398,10 @@ def _worse(a: Phase, b: Phase) -> Phase:
 
 
 def _gone(facts: Facts, policy: Policy, product: Product) -> Phase | None:
-    """A past episode that reached purge or hand-over before payment ended it for good."""
+    """A past episode whose hand-over came before payment ended it: the hardware went to
+    an operator for good. A purge is gone only once it ran (``facts.purged_at``, from the
+    journal): a payment after the purge's date but before it ran keeps the data, and
+    the customer gets it back."""
     for episode in _provisioned_episodes(facts, product):
         anchor_at = start_of_day(episode.anchor_day, policy.zone)
         for ladder in product.ladders:
@@ -406,9 +409,8 @@ def _gone(facts: Facts, policy: Policy, product: Product) -> Phase | None:
                 continue
             entries = _ladder_entries(ladder, anchor_at, policy, product)
             done = [e for e in entries if e.at <= episode.cleared_at]
-            final = [e.phase for e in done if e.phase in (Phase.PURGED, Phase.HANDED_OVER)]
-            if final:
-                return max(final, key=SEVERITY.__getitem__)
+            if any(e.phase == Phase.HANDED_OVER for e in done):
+                return Phase.HANDED_OVER
     return None
 
 
@@ -442,6 +444,8 @@ def _undo(facts: Facts, policy: Policy, product: Product, now: datetime) -> tupl
             entries = _ladder_entries(ladder, anchor_at, policy, product)
             done |= {e.step for e in entries if e.at <= episode.cleared_at}
             purge_at = next((e.at for e in entries if e.step == StepKind.PURGE), None)
+    if facts.purged_at is None:
+        done.discard(StepKind.PURGE)  # its day came, but it never ran: the archive is there
     return undo_steps(done, product, purge_at)
 
 

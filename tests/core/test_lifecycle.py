@@ -1,5 +1,6 @@
 """The lifecycle as tables of dates: what happens when, for the Klikserver terms."""
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
@@ -68,9 +69,22 @@ def test_payment_after_termination_restores_from_archive(policies: dict[str, Pol
 
 def test_payment_after_purge_cannot_bring_it_back(policies: dict[str, Policy]) -> None:
     items = [*UNPAID, paid("s1", "2026-12-20T10:00:00+07:00")]
-    verdict = verdict_at(policies, items, wib(2026, 12, 21))
+    facts = replace(derive_facts("s1", events(*items)), purged_at=wib(2026, 12, 16, 0, 1))
+    verdict = lifecycle(facts, policies[facts.policy], wib(2026, 12, 21))
     assert verdict.phase == Phase.PURGED
     assert verdict.undo == ("fresh provision only: the data was purged",)
+
+
+def test_payment_after_the_purge_date_before_it_ran_brings_the_archive_back(
+    policies: dict[str, Policy],
+) -> None:
+    """The purge's date is when the terms let the data go, not proof that it went: a
+    customer who pays before the purge ran (the scheduler was down, a hold had kept it
+    back) gets the archive back, and no purge is asked for."""
+    items = [*UNPAID, paid("s1", "2026-12-20T10:00:00+07:00")]
+    verdict = verdict_at(policies, items, wib(2026, 12, 21))
+    assert verdict.phase == Phase.ACTIVE and verdict.good_standing
+    assert verdict.undo[0].startswith("restore from archive")
 
 
 def test_each_entry_says_what_paying_after_it_would_undo(policies: dict[str, Policy]) -> None:
