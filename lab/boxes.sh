@@ -128,9 +128,22 @@ start_bmc() {
   fi
   mkdir -p "$dir/bmc-state"
   conf_sum "$dir" > "$dir/bmc.conf.sha256"
-  setsid ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
-    </dev/null >"$dir/bmc.log" 2>&1 &
+  (
+    close_inherited_fds
+    exec setsid ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
+      </dev/null >"$dir/bmc.log" 2>&1
+  ) &
   echo $! > "$dir/bmc.pid"
+}
+
+# A BMC outlives this script: it must not keep what the caller opened, above all the lab
+# lock of `flock /tmp/olab-lab.lock bash lab/boxes.sh up`, which it would hold for ever.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
 known_hosts() {
