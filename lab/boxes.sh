@@ -23,6 +23,8 @@
 # (inventory/lab-metal.yaml); nothing here prints them. The boxes' host
 # keys go to $LAB_DIR/boxes/known_hosts, which the inventory pins.
 set -Eeuo pipefail
+# Under pipefail, `cmd | grep -q` fails when grep quits first and cmd dies of SIGPIPE: the
+# checks below let grep read everything (`grep ... >/dev/null`) instead.
 here=$(cd "$(dirname "$0")" && pwd)
 export LAB_DIR=${LAB_DIR:-/var/lib/orchestrator-lab}
 boxes_dir=$LAB_DIR/boxes
@@ -48,25 +50,26 @@ make_secrets() {
 
 make_bridge() {
   ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
-  ip addr show dev "$bridge" | grep -q "10.77.0.1/24" || ip addr add 10.77.0.1/24 dev "$bridge"
+  ip addr show dev "$bridge" | grep "10.77.0.1/24" >/dev/null || ip addr add 10.77.0.1/24 dev "$bridge"
   ip link set "$bridge" up
 }
 
 make_box() {
   local n=$1 name=olab-box$1 dir=$boxes_dir/box$1 address=10.77.0.$((10 + $1))
   install -d -m 0700 "$dir"
-  ip netns list | grep -qw "$name" || ip netns add "$name"
+  ip netns list | grep -w "$name" >/dev/null || ip netns add "$name"
   if ! ip link show "olab-b$n" >/dev/null 2>&1; then
     ip -n "$name" link del eth0 2>/dev/null || true  # a half-made box of an earlier run
     ip link add "olab-b$n" type veth peer name eth0 netns "$name"
     ip link set "olab-b$n" master "$bridge" up
   fi
-  ip -n "$name" addr show dev eth0 | grep -q "$address/24" || ip -n "$name" addr add "$address/24" dev eth0
+  ip -n "$name" addr show dev eth0 | grep "$address/24" >/dev/null ||
+    ip -n "$name" addr add "$address/24" dev eth0
   ip -n "$name" link set eth0 up
   ip -n "$name" link set lo up
   [ -f "$dir/disk.img" ] || truncate -s "${disk_mib}M" "$dir/disk.img"
-  if ! losetup -j "$dir/disk.img" | grep -q .; then losetup -f "$dir/disk.img"; fi
-  losetup -j "$dir/disk.img" | cut -d: -f1 | head -1 > "$dir/device"
+  if [ -z "$(losetup -j "$dir/disk.img")" ]; then losetup -f "$dir/disk.img"; fi
+  losetup -j "$dir/disk.img" | awk -F: 'NR == 1 {print $1}' > "$dir/device"
   ln -sfn "$(cat "$dir/device")" "$dir/disk"  # a stable name for the inventory's purge_devices
   [ -f "$dir/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh_host_ed25519_key"
   cp "$secrets/orchestrator_ed25519.pub" "$dir/authorized_keys"
@@ -119,17 +122,6 @@ stop_bmc() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-# A BMC outlives the command that started it: it keeps none of that command's
-# descriptors (a lock a test run holds with flock, a pipe a caller reads to its end).
-detached() {
-  local fd
-  for fd in /proc/$BASHPID/fd/*; do
-    fd=${fd##*/}
-    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-  done
-  exec setsid "$@"
-}
-
 start_bmc() {
   local n=$1 dir=$2
   if [ -f "$dir/bmc.pid" ] && kill -0 "$(cat "$dir/bmc.pid")" 2>/dev/null; then
@@ -139,9 +131,22 @@ start_bmc() {
   fi
   mkdir -p "$dir/bmc-state"
   conf_sum "$dir" > "$dir/bmc.conf.sha256"
-  detached ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
-    </dev/null >"$dir/bmc.log" 2>&1 &
+  (
+    close_inherited_fds
+    exec setsid ipmi_sim -c "$dir/lan.conf" -f "$dir/box.emu" -n -s "$dir/bmc-state" \
+      </dev/null >"$dir/bmc.log" 2>&1
+  ) &
   echo $! > "$dir/bmc.pid"
+}
+
+# A BMC outlives this script: it must not keep what the caller opened, above all the lab
+# lock of `flock /tmp/olab-lab.lock bash lab/boxes.sh up`, which it would hold for ever.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
 known_hosts() {
@@ -171,7 +176,7 @@ wait_bmc() {
   local port=$((9100 + $1)) pid holder
   pid=$(cat "$boxes_dir/box$1/bmc.pid")
   for _ in $(seq 1 50); do
-    holder=$(ss -ulnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1)
+    holder=$(ss -ulnpH "sport = :$port" | grep -o 'pid=[0-9]*' | awk 'NR == 1') || true
     if [ "$holder" = "pid=$pid" ]; then return 0; fi
     if [ -n "$holder" ] && ! kill -0 "$pid" 2>/dev/null; then
       # Another process (a BMC whose box directory was removed) holds the port.

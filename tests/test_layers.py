@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,14 @@ def _lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess[st
     return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
 
 
-def test_the_layer_contracts_hold() -> None:
-    result = _lint_imports(REPO)
+def _contract_ids() -> list[str]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return [contract["id"] for contract in config["tool"]["importlinter"]["contracts"]]
+
+
+@pytest.mark.parametrize("contract", _contract_ids())
+def test_the_contract_holds(contract: str) -> None:
+    result = _lint_imports(REPO, contract)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -127,6 +127,7 @@ def _suspend_once(orchestrator: Orchestrator) -> Walk:
     assert [(s.kind, s.state) for s in report.steps] == [("suspend", "done")], report
     print("\nfiles entered, in order (consecutive calls in one file shown once):")
     print("\n".join(f"  {name}" for name in walk.entered))
+    print("the same files, by first entry:", ", ".join(dict.fromkeys(walk.entered)))
     print("stack at the driver's suspend:", " > ".join(_visits(walk.at_driver or [])))
     print(f"lifecycle() computed {len(walk.verdicts)} times for {service}, by:")
     print("\n".join(f"  {caller}" for caller in walk.verdicts))
