@@ -190,9 +190,7 @@ def _inventory(hypervisor: str) -> tuple[Inventory, str]:
     if hypervisor != "test":
         host = lab.hosts()["kvm-jkt-1"]
         try:
-            wiring.compute_driver("kvm-jkt-1", host).inspect(
-                ServiceRef("probe", "lab")
-            )
+            wiring.compute_driver("kvm-jkt-1", host).inspect(ServiceRef("probe", "lab"))
         except DriverError as exc:
             if hypervisor == "lab":
                 raise

@@ -9,6 +9,8 @@ syntax tree, so an import inside a function or behind a condition counts too.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,22 @@ def test_the_check_sees_every_kind_of_import() -> None:
     assert imported(ast.parse(source)) == [
         "orchestrator.a", "orchestrator.b", "orchestrator", "orchestrator.e"
     ]
+
+
+def test_importing_every_driver_starts_nothing() -> None:
+    """No thread, no handler at import: libvirt's event loop starts on the first connection."""
+    names = [
+        ".".join(p.relative_to(DRIVERS.parent).with_suffix("").parts).removesuffix(".__init__")
+        for p in MODULES
+    ]
+    probe = (
+        "import importlib, sys, threading\n"
+        f"for name in {names!r}: importlib.import_module(name)\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'orchestrator'))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], cwd=DRIVERS.parent, capture_output=True, text=True,
+        check=True,
+    )
+    assert ran.stdout.splitlines() == ["['MainThread']", "[]"]
